@@ -1,0 +1,459 @@
+"""Channels: buffered sockets with Tcl's gets/read/puts/flush/close.
+
+How buffering works
+-------------------
+A `Channel` owns one connected socket and two byte buffers.
+
+Input.  ``gets`` and ``read`` serve what is already in the input buffer and
+call ``recv`` only when it does not hold what they need; a non-blocking
+channel calls it once and takes what came (``blocked()`` then tells that the
+request could not be met), a blocking one calls it until it can answer.
+Line ends are found on bytes (``\\n``, ``\\r\\n`` or a lone ``\\r`` under the
+default ``auto`` translation) and each line is then decoded, so a multi-byte
+character split between two segments is never cut.  While the buffer still
+holds data that the last ``gets`` or ``read`` left behind, the loop counts the
+channel readable (Tcl's rule): a handler that reads one line per call is
+called again for the next line even though the socket itself has nothing new.
+
+Output.  ``puts`` encodes and appends to the output buffer, which is sent
+according to the buffering mode: ``line`` (the default: at each newline),
+``full`` (when ``buffersize`` bytes are queued, or on ``flush``) or ``none``.
+A blocking channel sends it all before returning.  A non-blocking channel
+sends what the socket takes and keeps the rest; the loop then watches the
+socket for writability and sends more each time (Tcl's background flush),
+until the buffer is empty.  ``close`` on a non-blocking channel returns at
+once and the socket is closed when its output has drained; an error met
+while flushing in the background is kept, returned by ``error()`` and raised
+by the next ``puts``, ``flush`` or ``close``.
+
+Errors of connect.  A connect that fails leaves its error in the socket's
+``SO_ERROR``, which reading clears; ``error()`` is the one place that reads
+it, and a connect that failed at once keeps its error on the channel for
+``error()`` to return.  Nothing else in here looks at ``SO_ERROR``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import socket
+from typing import Any
+
+from .loop import Loop, get_loop
+
+__all__ = ["Channel"]
+
+_RECV_SIZE = 65536
+_IN_MODES = ("auto", "lf", "crlf", "cr", "binary")
+_OUT_MODES = {"auto": b"\n", "lf": b"\n", "crlf": b"\r\n", "cr": b"\r", "binary": b"\n"}
+_BUFFERING = ("none", "line", "full")
+# recv()/send() exceptions that mean "nothing now, try later".
+_WOULD_BLOCK = (BlockingIOError, InterruptedError)
+
+
+class Channel:
+    """A buffered socket channel in the manner of a Tcl socket channel.
+
+    Usually made by `open_async`, `open` or a `server`; ``Channel(sock)``
+    wraps a connected socket of your own.  Non-blocking with line buffering
+    unless ``blocking=True``.
+    """
+
+    def __init__(self, sock: socket.socket, loop: Loop | None = None,
+                 blocking: bool = False) -> None:
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop if loop is not None else get_loop()
+        self._inbuf = bytearray()
+        self._outbuf = bytearray()
+        self._eof = False           # recv() returned b""
+        self._blocked = False       # the last input request could not be met
+        self._skip_lf = False       # a \r ended the last line; drop a \n next
+        self._error: OSError | None = None        # kept for error()
+        self._write_error: OSError | None = None  # raised by the next write
+        self._closing = False       # close() called, output still draining
+        self._blocking = blocking
+        self._buffering = "line"
+        self._buffersize = 4096
+        self._encoding = "utf-8"
+        self._in_mode = "auto"
+        self._out_mode = "lf"
+        sock.setblocking(blocking)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd {self._fd}"
+        return f"<Channel {state}>"
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return self._fd
+
+    # ------------------------------------------------------------ configure
+
+    def configure(self, **options: Any) -> dict[str, Any]:
+        """Set options (Tcl's ``fconfigure``); returns the full configuration.
+
+        ``blocking`` (bool); ``buffering`` ("none", "line", "full");
+        ``buffersize`` (bytes); ``encoding`` (a codec name, or "binary" for
+        bytes in and out); ``translation``: "auto", "lf", "crlf", "cr" or
+        "binary", for both directions, or an ``(input, output)`` pair as in
+        Tcl.  Raises ValueError for an unknown option or value.
+        """
+        for name, value in options.items():
+            if name == "blocking":
+                self._blocking = bool(value)
+                if self._fd >= 0:
+                    self.sock.setblocking(self._blocking)
+            elif name == "buffering":
+                if value not in _BUFFERING:
+                    raise ValueError(f"bad buffering {value!r}: must be one of {_BUFFERING}")
+                self._buffering = value
+            elif name == "buffersize":
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"bad buffersize {value!r}: must be a positive int")
+                self._buffersize = value
+            elif name == "encoding":
+                if value != "binary":
+                    codecs.lookup(value)        # raises LookupError if unknown
+                self._encoding = value
+            elif name == "translation":
+                in_mode, out_mode = (value, value) if isinstance(value, str) else value
+                if in_mode not in _IN_MODES or out_mode not in _OUT_MODES:
+                    raise ValueError(f"bad translation {value!r}: must be one of {_IN_MODES}")
+                self._in_mode, self._out_mode = in_mode, out_mode
+                if "binary" in (in_mode, out_mode):
+                    self._encoding = "binary"
+            else:
+                raise ValueError(f"unknown channel option {name!r}")
+        return {
+            "blocking": self._blocking,
+            "buffering": self._buffering,
+            "buffersize": self._buffersize,
+            "encoding": self._encoding,
+            "translation": (self._in_mode, self._out_mode),
+        }
+
+    # ---------------------------------------------------------------- input
+
+    def gets(self) -> str | bytes | None:
+        """The next line without its line end, or None if none is complete.
+
+        At end of file a last unterminated line is returned, then None with
+        ``eof()`` true.  A blocking channel waits for a line.  Raises the
+        socket's OSError on a read error (a reset), leaving ``eof()`` true.
+        """
+        self._check_open()
+        line = self._take_line()
+        while line is None and not self._eof:
+            if not self._fill() and not self._blocking:
+                break
+            line = self._take_line()
+        if line is None and self._eof and self._inbuf:
+            line = bytes(self._inbuf)          # last line, unterminated
+            self._inbuf.clear()
+        self._blocked = line is None and not self._eof
+        if self._inbuf and not self._blocked:
+            self._loop._note_input(self)
+        if line is None or self._encoding == "binary":
+            return line
+        return line.decode(self._encoding, "replace")
+
+    def read(self, n: int | None = None) -> str | bytes:
+        """What is buffered (after one more ``recv``), at most ``n`` characters.
+
+        Returns an empty string when nothing is there.  A blocking channel
+        reads until end of file, or until it has ``n`` characters.
+        """
+        self._check_open()
+        if n is not None and n < 0:
+            raise ValueError("read size must be >= 0")
+        binary = self._encoding == "binary"
+        while not self._eof and not self._holds(n, binary):
+            if not self._fill() and not self._blocking:
+                break
+        self._blocked = not self._inbuf and not self._eof
+        data = bytes(self._inbuf)
+        self._inbuf.clear()
+        data = self._translate_in(data)
+        if binary:
+            text: str | bytes = data
+            if n is not None and len(data) > n:
+                self._inbuf[:0] = data[n:]       # translated already
+                text = data[:n]
+        else:
+            text, rest = self._decode_prefix(data, n)
+            self._inbuf[:0] = rest
+        if self._inbuf:
+            self._loop._note_input(self)
+        return text
+
+    def eof(self) -> bool:
+        """True once the peer closed and everything buffered has been read."""
+        return self._eof and not self._inbuf
+
+    def blocked(self) -> bool:
+        """True if the last ``gets``/``read`` could not be met for lack of input."""
+        return self._blocked
+
+    def _holds(self, n: int | None, binary: bool) -> bool:
+        """Whether the input buffer holds ``n`` bytes (binary) or characters."""
+        if n is None or len(self._inbuf) < n:
+            return False
+        return binary or len(self._inbuf.decode(self._encoding, "replace")) >= n
+
+    def _has_input(self) -> bool:
+        """Whether the loop should call the readable handler without I/O."""
+        return bool(self._inbuf) and not self._blocked
+
+    def _fill(self) -> int:
+        """One recv() into the input buffer; returns the byte count (0 at EOF
+        or when a non-blocking socket has nothing)."""
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except _WOULD_BLOCK:
+            return 0
+        except OSError:
+            self._eof = True
+            raise
+        if not data:
+            self._eof = True
+            return 0
+        self._inbuf += data
+        return len(data)
+
+    def _take_line(self) -> bytes | None:
+        """Remove and return one complete line from the input buffer."""
+        buf = self._inbuf
+        if self._skip_lf and buf:
+            self._skip_lf = False
+            if buf[0] == 10:                  # the \n of a \r\n split in two
+                del buf[0]
+        mode = self._in_mode
+        nl = buf.find(b"\n")
+        if mode == "auto" or mode == "cr":
+            cr = buf.find(b"\r", 0, nl if nl >= 0 else len(buf))
+            if cr >= 0:
+                line = bytes(buf[:cr])
+                if cr + 1 < len(buf):
+                    del buf[:cr + 2 if buf[cr + 1] == 10 else cr + 1]
+                else:                          # \r last: a \n may follow later
+                    del buf[:cr + 1]
+                    self._skip_lf = True
+                return line
+        if nl < 0:
+            return None
+        end = nl - 1 if mode == "crlf" and nl > 0 and buf[nl - 1] == 13 else nl
+        line = bytes(buf[:end])
+        del buf[:nl + 1]
+        return line
+
+    def _translate_in(self, data: bytes) -> bytes:
+        """Apply input translation to raw bytes handed out by ``read``."""
+        mode = self._in_mode
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if mode in ("auto", "cr") and b"\r" in data:
+            if data.endswith(b"\r"):
+                self._skip_lf = True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        elif mode == "crlf":
+            data = data.replace(b"\r\n", b"\n")
+        return data
+
+    def _decode_prefix(self, data: bytes, n: int | None) -> tuple[str, bytes]:
+        """Decode what can be decoded of ``data`` (up to n characters);
+        return the text and the bytes left over (a partial character)."""
+        decoder = codecs.getincrementaldecoder(self._encoding)("replace")
+        text = decoder.decode(data, final=self._eof)
+        pending = decoder.getstate()[0]
+        rest = data[len(data) - len(pending):] if pending else b""
+        if n is not None and len(text) > n:
+            # Re-encode the part handed out to learn its byte length.  With
+            # replacement characters that is not exact, so count per byte.
+            if "\ufffd" not in text[:n]:
+                used = len(text[:n].encode(self._encoding))
+            else:
+                used, decoder = 0, codecs.getincrementaldecoder(self._encoding)("replace")
+                produced = 0
+                while produced < n:
+                    produced += len(decoder.decode(data[used:used + 1]))
+                    used += 1
+            return text[:n], data[used:]
+        return text, rest
+
+    # --------------------------------------------------------------- output
+
+    def puts(self, text: str | bytes = "", newline: bool = True) -> None:
+        """Queue ``text`` and a newline (none if ``newline=False``) for sending.
+
+        Sends according to the buffering mode; see the module notes.  Raises
+        OSError if the socket failed (including a background flush error
+        met earlier).
+        """
+        self._check_open()
+        self._raise_write_error()
+        if self._encoding == "binary":
+            if isinstance(text, str):
+                raise TypeError("puts on a binary channel takes bytes")
+            data = bytes(text)
+        else:
+            if not isinstance(text, str):
+                raise TypeError("puts on a text channel takes str")
+            data = text.encode(self._encoding)
+        if newline:
+            data += b"\n"
+        has_newline = newline or b"\n" in data
+        eol = _OUT_MODES[self._out_mode]
+        if eol != b"\n" and has_newline:
+            data = data.replace(b"\n", eol)
+        self._outbuf += data
+        mode = self._buffering
+        if (mode == "none" or (mode == "line" and has_newline)
+                or len(self._outbuf) >= self._buffersize):
+            self._flush()
+
+    def flush(self) -> None:
+        """Send the buffered output (in the background if non-blocking)."""
+        self._check_open()
+        self._raise_write_error()
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._outbuf:
+            return
+        if self._blocking:
+            data, self._outbuf = bytes(self._outbuf), bytearray()
+            self.sock.sendall(data)
+            return
+        self._send_some()
+        if self._outbuf:
+            self._loop._watch_output(self)
+
+    def _send_some(self) -> None:
+        """Send what the socket takes now; on error drop the output and raise."""
+        try:
+            sent = self.sock.send(self._outbuf)
+        except _WOULD_BLOCK:
+            return
+        except OSError:
+            self._outbuf.clear()
+            raise
+        del self._outbuf[:sent]
+
+    def _drain(self) -> None:
+        """Called by the loop when the socket is writable and output waits."""
+        try:
+            self._send_some()
+        except OSError as exc:
+            self._write_error = exc
+            self._error = exc
+        if not self._outbuf:
+            if self._closing:
+                self._finish_close()
+            else:
+                self._loop._watch_output(self)      # stop watching writable
+
+    def _raise_write_error(self) -> None:
+        exc = self._write_error
+        if exc is not None:
+            self._write_error = None
+            if self._error is exc:
+                self._error = None
+            raise exc
+
+    # ---------------------------------------------------------------- close
+
+    def close(self, force: bool = False) -> None:
+        """Close the channel; its file events go with it.
+
+        A non-blocking channel returns at once and its queued output drains
+        while the loop runs; ``force=True`` discards it.  Raises a background
+        flush error not yet reported.  Closing twice is a no-op.
+        """
+        if self._fd < 0 or self._closing:
+            return
+        self._closing = True
+        loop = self._loop
+        watch = loop._watches.get(self._fd)
+        if watch is not None and watch.channel is self:
+            watch.reader = watch.writer = None
+            watch.reader_args = watch.writer_args = ()
+        loop._input_ready.pop(self, None)
+        exc, self._write_error = self._write_error, None
+        if force or exc is not None:
+            self._outbuf.clear()
+        if self._outbuf:
+            try:
+                self._flush()
+            except OSError as err:
+                exc = exc or err
+        if self._outbuf:
+            loop._watch_output(self)    # closes in _drain once empty
+            return
+        self._finish_close()
+        if exc is not None:
+            raise exc
+
+    def _finish_close(self) -> None:
+        # Unregister first, then close: a reused descriptor number must not
+        # inherit our registration.
+        self._loop._forget(self._fd)
+        self._fd = -1
+        self._closing = False
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _check_open(self) -> None:
+        if self._fd < 0 or self._closing:
+            raise ValueError("I/O operation on a closed channel")
+
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._fd < 0 or self._closing
+
+    # ---------------------------------------------------------- information
+
+    def error(self) -> OSError | None:
+        """The pending socket error, or None; reading it clears it.
+
+        Tcl's ``fconfigure $ch -error``: after an asynchronous connect this
+        says whether it failed.  A failure kept on the channel (a connect
+        refused at once, a background flush error) comes first.
+        """
+        exc = self._error
+        if exc is not None:
+            self._error = None
+            if self._write_error is exc:
+                self._write_error = None
+            return exc
+        if self._fd < 0:
+            return None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            return OSError(code, os.strerror(code))
+        return None
+
+    def peername(self) -> tuple[str, int] | str:
+        """The peer's (host, port), or path for a Unix socket; OSError if
+        not connected."""
+        self._check_open()
+        return _address(self.sock.getpeername())
+
+    def sockname(self) -> tuple[str, int] | str:
+        """The local (host, port), or path for a Unix socket."""
+        self._check_open()
+        return _address(self.sock.getsockname())
+
+
+def _address(addr: Any) -> tuple[str, int] | str:
+    """A socket address as (host, port), IPv4-mapped IPv6 shown as IPv4."""
+    if isinstance(addr, (str, bytes)):
+        return addr.decode() if isinstance(addr, bytes) else addr
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port

@@ -1,0 +1,490 @@
+"""The reactor: one selector, a table of file events, timers and idle callbacks.
+
+How a pass of the loop works
+----------------------------
+``Loop.run_once`` is the heartbeat of every program built on evloop.  Each
+pass does the same five things, in this order:
+
+1. Decide how long it may sleep.  Not at all if callbacks from other threads,
+   buffered channel input or idle callbacks are waiting; otherwise until the
+   nearest timer deadline (or for ever, or the caller's ``timeout``).
+2. Ask the selector (epoll on Linux) which descriptors are ready.
+3. Call the file-event handlers of the ready descriptors.  Each handler is
+   looked up again at the moment it is called, through the registration the
+   event came with: a handler removed earlier in the same pass does not run,
+   and a descriptor number closed and reused by a new socket never receives
+   the events meant for the old one (the old registration is dead).
+4. Call the handlers of channels that still hold unread input (Tcl counts
+   such a channel readable even if the socket is not), then the timers that
+   are due -- all collected before any runs, so a timer that schedules
+   ``after 0`` waits for the next pass -- then callbacks queued from other
+   threads.
+5. If nothing at all happened in steps 3 and 4, run one generation of idle
+   callbacks (``after idle``): idle means "no other event was ready".
+
+An exception in any callback goes to the background-error handler
+(``bgerror``) and the loop carries on.  A file-event handler that raises is
+also deleted, as in Tcl, so a buggy handler cannot spin the CPU.
+
+``vwait`` is a nested loop: it runs passes until a `Var` is set, and may be
+called from inside a callback (Tcl's ``vwait`` nests the same way).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal as _signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any, Callable
+
+from .timers import TimerId, TimerQueue
+
+__all__ = ["Loop", "Var", "get_loop", "set_loop"]
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_EVENTS = {"readable": _READ, "writable": _WRITE}
+
+
+class Var:
+    """A variable that `Loop.vwait` can wait on (Tcl's ``vwait varName``)."""
+
+    __slots__ = ("_value", "_version")
+
+    def __init__(self, value: Any = None) -> None:
+        self._value = value
+        self._version = 0
+
+    def get(self) -> Any:
+        """Return the current value."""
+        return self._value
+
+    def set(self, value: Any) -> None:
+        """Set the value; wakes every ``vwait`` on this variable, even if equal."""
+        self._value = value
+        self._version += 1
+
+    def __repr__(self) -> str:
+        return f"Var({self._value!r})"
+
+
+class _Watch:
+    """The file events of one open descriptor.
+
+    A new _Watch is made each time a descriptor goes from "no handlers" to
+    "some"; the old one is marked dead (``fd = -1``).  Events carry the _Watch
+    they were registered with, so a stale event finds a dead watch.
+    """
+
+    __slots__ = ("fd", "owner", "channel", "reader", "reader_args",
+                 "writer", "writer_args", "mask")
+
+    def __init__(self, fd: int, owner: Any, channel: Channel | None) -> None:
+        self.fd = fd
+        self.owner = owner          # the object the user registered
+        self.channel = channel      # set when owner is a Channel
+        self.reader: Callable[..., Any] | None = None
+        self.reader_args: tuple = ()
+        self.writer: Callable[..., Any] | None = None
+        self.writer_args: tuple = ()
+        self.mask = 0               # what the selector is told to watch
+
+
+def _default_bgerror(exc: BaseException) -> None:
+    print("evloop: error in background callback:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+class Loop:
+    """A Tcl-style event loop on ``selectors.DefaultSelector``.
+
+    ``clock`` is the time source for timers (seconds, monotonic); tests pass
+    a fake one to make timer ordering exact.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._clock = clock or time.monotonic
+        self._timers = TimerQueue()
+        self._watches: dict[int, _Watch] = {}
+        self._input_ready: dict[Channel, None] = {}   # channels with unread input
+        self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._bgerror: Callable[[BaseException], Any] = _default_bgerror
+        self._stopping = False
+        self._closed = False
+        # The self-pipe: another thread (or a signal handler) writes a byte
+        # to wake a loop that sleeps in select().
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.fileevent(self._wake_r, "readable", self._drain_wakeups)
+
+    # ---------------------------------------------------------------- files
+
+    def fileevent(self, ch: Any, event: str, *handler: Any) -> Callable[..., Any] | None:
+        """Set, remove or query the handler for ``event`` on ``ch``.
+
+        ``fileevent(ch, "readable", cb, *args)`` makes ``cb(*args)`` run
+        whenever ``ch`` is readable, replacing any earlier handler;
+        ``fileevent(ch, "readable", None)`` removes it;
+        ``fileevent(ch, "readable")`` returns the current callable or None.
+        ``ch`` is a `Channel`, a socket or an integer descriptor; ``event``
+        is ``"readable"`` or ``"writable"``.  Raises ValueError for any other
+        event name and for a closed channel or socket.
+        """
+        bit = _EVENTS.get(event)
+        if bit is None:
+            raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
+        fd, channel = _fileno(ch)
+        watch = self._watches.get(fd)
+        if watch is not None and watch.owner is not ch and not isinstance(ch, int):
+            # The descriptor number was closed and reused without its
+            # handlers being removed: the old registration is stale.
+            self._forget(fd)
+            watch = None
+        if not handler:
+            if watch is None:
+                return None
+            return watch.reader if bit == _READ else watch.writer
+        callback, args = handler[0], handler[1:]
+        if callback is not None and not callable(callback):
+            raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
+        if callback is None and watch is None:
+            return None
+        if watch is None:
+            if fd < 0:
+                raise ValueError("fileevent on a closed channel")
+            watch = self._watches[fd] = _Watch(fd, ch, channel)
+        if bit == _READ:
+            watch.reader, watch.reader_args = callback, args
+            if callback is not None and channel is not None and channel._has_input():
+                self._input_ready[channel] = None
+        else:
+            watch.writer, watch.writer_args = callback, args
+        self._update_mask(watch)
+        return None
+
+    def _update_mask(self, watch: _Watch) -> None:
+        """Tell the selector what ``watch`` now wants; drop it if nothing."""
+        mask = 0
+        if watch.reader is not None:
+            mask |= _READ
+        if watch.writer is not None or (watch.channel is not None and watch.channel._outbuf):
+            mask |= _WRITE
+        if mask == watch.mask:
+            return
+        if mask == 0:
+            self._forget(watch.fd)
+        elif watch.mask == 0:
+            self._selector.register(watch.fd, mask, watch)
+            watch.mask = mask
+        else:
+            self._selector.modify(watch.fd, mask, watch)
+            watch.mask = mask
+
+    def _forget(self, fd: int) -> None:
+        """Remove every handler of ``fd``; call this *before* closing it."""
+        watch = self._watches.pop(fd, None)
+        if watch is None:
+            return
+        if watch.mask:
+            # selectors swallows the OSError of an fd closed behind our back.
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        watch.fd = -1
+        watch.reader = watch.writer = None
+        watch.reader_args = watch.writer_args = ()
+        watch.mask = 0
+        if watch.channel is not None:
+            self._input_ready.pop(watch.channel, None)
+
+    def _watch_output(self, channel: Channel) -> None:
+        """Watch ``channel`` for writability while its output buffer is not
+        empty (the background flush); stop when it is."""
+        watch = self._watches.get(channel._fd)
+        if watch is None:
+            if not channel._outbuf:
+                return
+            watch = self._watches[channel._fd] = _Watch(channel._fd, channel, channel)
+        self._update_mask(watch)
+
+    def _note_input(self, channel: Channel) -> None:
+        """A channel's buffer holds input: its readable handler is due."""
+        self._input_ready[channel] = None
+
+    # --------------------------------------------------------------- timers
+
+    def after(self, ms: float, callback: Callable[..., Any], *args: Any) -> TimerId:
+        """Run ``callback(*args)`` once, ``ms`` milliseconds from now."""
+        when = self._clock() + (ms / 1000.0 if ms > 0 else 0.0)
+        return self._timers.add(when, callback, args)
+
+    def after_idle(self, callback: Callable[..., Any], *args: Any) -> TimerId:
+        """Run ``callback(*args)`` when the loop has nothing else to do."""
+        return self._timers.add_idle(callback, args)
+
+    def after_cancel(self, timer: Any) -> None:
+        """Cancel a pending timer or idle callback; anything else is a no-op."""
+        self._timers.cancel(timer)
+
+    def after_info(self) -> list[TimerId]:
+        """The TimerIds still pending, idle ones included."""
+        return self._timers.pending()
+
+    # ---------------------------------------------------------- other threads
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` in the loop's thread; safe from any thread.
+
+        Also safe from a signal handler.  Wakes the loop if it is sleeping.
+        """
+        self._threadsafe.append((callback, args))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass          # the pipe is full: the loop is awake anyway
+        except OSError:
+            pass          # the loop was closed
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def on_signal(self, signum: int, callback: Callable[..., Any] | None, *args: Any) -> None:
+        """Run ``callback(*args)`` in the loop when signal ``signum`` arrives.
+
+        ``callback=None`` restores the default action.  Only from the main
+        thread (Python delivers signals there).  Use it to stop ``run()``
+        cleanly on SIGTERM or SIGINT: ``loop.on_signal(SIGTERM, loop.stop)``.
+        """
+        if callback is None:
+            _signal.signal(signum, _signal.SIG_DFL if signum != _signal.SIGINT
+                           else _signal.default_int_handler)
+            return
+        _signal.signal(signum, lambda _sig, _frame: self.call_soon_threadsafe(callback, *args))
+
+    # -------------------------------------------------------------- errors
+
+    def bgerror(self, *handler: Any) -> Callable[[BaseException], Any]:
+        """Install, restore or query the background-error handler.
+
+        ``bgerror(h)`` installs ``h(exc)`` and returns the previous handler;
+        ``bgerror()`` returns the current one; ``bgerror(None)`` restores the
+        default, which prints the traceback on stderr.
+        """
+        previous = self._bgerror
+        if handler:
+            new = handler[0]
+            if new is not None and not callable(new):
+                raise TypeError(f"bgerror handler must be callable or None, not {new!r}")
+            self._bgerror = new if new is not None else _default_bgerror
+        return previous
+
+    def _report(self, exc: Exception) -> None:
+        try:
+            self._bgerror(exc)
+        except Exception as inner:          # the handler itself failed
+            _default_bgerror(exc)
+            _default_bgerror(inner)
+
+    def _handler_failed(self, watch: _Watch, bit: int, exc: Exception) -> None:
+        # Tcl deletes a file-event handler that raised; so do we.
+        if watch.fd >= 0:
+            if bit == _READ:
+                watch.reader, watch.reader_args = None, ()
+            else:
+                watch.writer, watch.writer_args = None, ()
+            self._update_mask(watch)
+        self._report(exc)
+
+    # ------------------------------------------------------------ the pass
+
+    def run_once(self, timeout: float | None = None) -> int:
+        """Run one pass of the loop; returns the number of callbacks it ran.
+
+        Waits at most ``timeout`` seconds for an event (None: until one
+        comes; 0: not at all).
+        """
+        timers = self._timers
+        clock = self._clock
+
+        # 1. How long may we sleep?
+        if self._threadsafe or self._input_ready or timers.idle:
+            timeout = 0
+        elif timers.heap:
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                wait = max(0.0, deadline - clock())
+                timeout = wait if timeout is None else min(timeout, wait)
+
+        # 2. Poll.  (DefaultSelector rounds the timeout up to whole
+        # milliseconds, so a 0.4 ms wait does not become a busy loop.)
+        events = self._selector.select(timeout)
+        ran = 0
+
+        # 3. File events; handlers looked up through the event's own watch.
+        for key, mask in events:
+            watch = key.data
+            if mask & _READ:
+                callback = watch.reader
+                if callback is not None:
+                    ran += 1
+                    try:
+                        callback(*watch.reader_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _READ, exc)
+            if mask & _WRITE:
+                channel = watch.channel
+                if channel is not None and channel._outbuf and watch.fd >= 0:
+                    channel._drain()             # background flush first
+                callback = watch.writer
+                if callback is not None:
+                    ran += 1
+                    try:
+                        callback(*watch.writer_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _WRITE, exc)
+
+        # 4a. Channels still holding input count as readable.
+        if self._input_ready:
+            ready, self._input_ready = self._input_ready, {}
+            for channel in ready:
+                watch = self._watches.get(channel._fd)
+                if watch is None or watch.channel is not channel or not channel._has_input():
+                    continue
+                callback = watch.reader
+                if callback is not None:
+                    ran += 1
+                    try:
+                        callback(*watch.reader_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _READ, exc)
+
+        # 4b. Timers that are due, all collected before any runs.
+        if timers.heap and timers.heap[0][0] <= clock():
+            ran += self._run_timers(timers.pop_due(clock()))
+
+        # 4c. Callbacks from other threads, as many as were queued now.
+        queue = self._threadsafe
+        for _ in range(len(queue)):
+            callback, args = queue.popleft()
+            ran += 1
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._report(exc)
+
+        # 5. Idle callbacks, only when nothing else happened.
+        if not ran and timers.idle:
+            ran += self._run_timers(timers.take_idle())
+        return ran
+
+    def _run_timers(self, batch: list[TimerId]) -> int:
+        ran = 0
+        try:
+            for timer in batch:
+                if not timer.pending:          # cancelled by an earlier one
+                    continue
+                timer.pending = False
+                callback, args = timer.callback, timer.args
+                timer.callback = timer.args = None
+                ran += 1
+                try:
+                    callback(*args)
+                except Exception as exc:
+                    self._report(exc)
+        except BaseException:
+            self._timers.restore(batch)     # KeyboardInterrupt: lose nothing
+            raise
+        return ran
+
+    # ----------------------------------------------------- running and waiting
+
+    def run(self) -> None:
+        """Run passes until `stop` is called."""
+        self._stopping = False
+        run_once = self.run_once
+        while not self._stopping:
+            run_once()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Make `run` return after the current pass; safe from signal handlers."""
+        self._stopping = True
+        self._wake()
+
+    def vwait(self, var: Var) -> Any:
+        """Run the loop until ``var`` is set; return its new value."""
+        version = var._version
+        while var._version == version:
+            self.run_once()
+        return var._value
+
+    def update(self, idletasks: bool = False) -> None:
+        """Run everything that is ready now, then return; never waits.
+
+        ``idletasks=True`` runs only idle callbacks (Tcl's ``update
+        idletasks``).
+        """
+        if idletasks:
+            while self._timers.idle:
+                self._run_timers(self._timers.take_idle())
+            return
+        while self.run_once(0):
+            pass
+
+    def close(self) -> None:
+        """Release the selector and the wakeup pipe; the loop can't run again."""
+        if self._closed:
+            return
+        self._closed = True
+        self._forget(self._wake_r.fileno())
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _fileno(ch: Any) -> tuple[int, Channel | None]:
+    """The descriptor of a Channel, socket or int, and the Channel if any."""
+    if isinstance(ch, int):
+        return ch, None
+    if isinstance(ch, Channel):
+        return ch._fd, ch
+    try:
+        return ch.fileno(), None
+    except AttributeError:
+        raise TypeError(f"fileevent needs a Channel, socket or descriptor, not {ch!r}") from None
+
+
+_local = threading.local()
+
+
+def get_loop() -> Loop:
+    """The calling thread's default loop, made on first use."""
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop._closed:
+        loop = _local.loop = Loop()
+    return loop
+
+
+def set_loop(loop: Loop | None) -> None:
+    """Make ``loop`` the calling thread's default (None: forget it)."""
+    _local.loop = loop
+
+
+# channel.py needs get_loop from here, so it is imported last.
+from .channel import Channel  # noqa: E402

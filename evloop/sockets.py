@@ -1,0 +1,267 @@
+"""Making channels: connect (blocking or not) and listen.
+
+``open_async`` is Tcl's ``socket -async``: it starts a connect and returns at
+once.  The connect ends one of two ways, and the user sees one.  On Linux a
+refused connect on loopback returns EINPROGRESS with the refusal already in
+``SO_ERROR``; a route can make ``connect()`` itself fail (unreachable route:
+EHOSTUNREACH, prohibit route: EACCES, blackhole route: EINVAL, a broadcast
+address: ENETUNREACH; other systems refuse at once with ECONNREFUSED).
+Either way the channel's writable handler fires and ``ch.error()`` returns
+the error once -- a failed socket polls writable (and hung up), so the same
+epoll wakeup serves both paths.  Only a failure to make the attempt at all
+raises: no socket could be made (EMFILE, a bad address family), or the
+kernel had no resources for the connect (EAGAIN when local ports run out,
+ENOBUFS, ENOMEM), so a caller can wait and retry.
+
+``server`` follows CREATE.SERVER.SOCKET: an IPv4 address (IPv4 peers only),
+an IPv6 address (IPv6 peers only), a host name (resolved), ``""`` (one
+dual-stack socket for both) or a path starting with ``/`` (a Unix socket).
+Accepting stops for a moment when the process is out of descriptors, rather
+than spinning on an accept() that keeps failing, and starts again by itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Any, Callable
+
+from .channel import Channel, _address
+from .loop import Loop, get_loop
+
+__all__ = ["open_async", "open", "server", "Server"]
+
+# connect() errors that mean "could not try now", raised rather than kept.
+_NO_RESOURCES = {errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+# accept() errors of a full descriptor table or memory: pause, then retry.
+_ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_PAUSE_MS = 100
+_ACCEPT_BATCH = 64       # connections accepted per readable event, at most
+
+
+def _resolve(host: str, port: int, kind: int, passive: bool = False) -> list[tuple]:
+    """getaddrinfo, numeric addresses without a resolver round trip."""
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        return socket.getaddrinfo(host, port, 0, kind, 0, flags | socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    try:
+        return socket.getaddrinfo(host, port, 0, kind, 0, flags)
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"can't resolve {host!r}: {exc.strerror}") from None
+
+
+def open_async(host: str, port: int, loop: Loop | None = None) -> Channel:
+    """Start connecting to ``host``:``port``; return the Channel at once.
+
+    Watch it with ``fileevent(ch, "writable", ...)``; when that fires,
+    ``ch.error()`` is None if connected, else the OSError of the failure.
+    A host name is resolved before the connect starts (that much blocks);
+    the first address is tried.  Raises OSError only if no socket could be
+    made or the kernel had no resources for the connect.
+    """
+    family, kind, proto, _, addr = _resolve(host, port, socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(addr)
+    except BaseException:
+        sock.close()
+        raise
+    if code in _NO_RESOURCES:
+        sock.close()
+        raise OSError(code, os.strerror(code))
+    ch = Channel(sock, loop)
+    if code not in (0, errno.EINPROGRESS):
+        ch._error = OSError(code, os.strerror(code))   # failed at once: keep it
+    return ch
+
+
+def open(host: str, port: int, timeout: float | None = None,
+         loop: Loop | None = None) -> Channel:
+    """Connect to ``host``:``port`` (blocking, Tcl's plain ``socket``).
+
+    Tries each address of ``host`` in turn; ``timeout`` bounds each try.
+    Returns a blocking Channel; raises OSError if no address answered.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    return Channel(sock, loop, blocking=True)
+
+
+class Server:
+    """A listening (or datagram) socket made by `server`."""
+
+    def __init__(self, sock: socket.socket, callback: Callable[..., Any] | None,
+                 loop: Loop, path: str | None = None) -> None:
+        self.sock = sock
+        self.port: int = 0 if path else sock.getsockname()[1]
+        self.path = path
+        self._callback = callback
+        self._loop = loop
+        self._paused: Any = None       # the TimerId while accepting is paused
+        self._stream = sock.type == socket.SOCK_STREAM
+        if callback is not None:
+            loop.fileevent(sock, "readable",
+                           self._accept if self._stream else self._receive)
+
+    def __repr__(self) -> str:
+        where = self.path or f"port {self.port}"
+        return f"<Server {where}{' closed' if self.sock.fileno() < 0 else ''}>"
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _accept(self) -> None:
+        """Accept what is pending; on a full descriptor table, pause."""
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue                    # the peer gave up while queued
+            except OSError as exc:
+                if exc.errno in _ACCEPT_PAUSE:
+                    self._pause()
+                else:
+                    self._loop._report(exc)
+                return
+            ch = Channel(conn, self._loop)
+            if self.path is None:
+                host, port = _address(addr)
+            else:
+                host, port = self.path, 0
+            try:
+                self._callback(ch, host, port)
+            except Exception as exc:
+                # One bad connection must not stop the server: report it, and
+                # keep the fileevent (a raising handler would be deleted).
+                self._loop._report(exc)
+
+    def _pause(self) -> None:
+        # Out of descriptors: the pending connection stays in the backlog and
+        # epoll would report it again at once, so stop listening for a while
+        # instead of spinning; the connections are served when fds free up.
+        self._loop.fileevent(self.sock, "readable", None)
+        self._paused = self._loop.after(_ACCEPT_PAUSE_MS, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self.sock.fileno() >= 0:
+            self._loop.fileevent(self.sock, "readable", self._accept)
+
+    def _receive(self) -> None:
+        """Datagram servers with a callback: ``callback(data, host, port)``."""
+        try:
+            data, addr = self.sock.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        if self.path is not None or not addr:
+            host, port = (addr or ""), 0
+        else:
+            host, port = _address(addr)
+        self._callback(data, host, port)
+
+    def close(self) -> None:
+        """Stop listening (a Unix socket's path is removed)."""
+        if self.sock.fileno() < 0:
+            return
+        self._loop.after_cancel(self._paused)
+        self._loop.fileevent(self.sock, "readable", None)
+        self.sock.close()
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def server(callback: Callable[..., Any] | None, port: int, host: str = "",
+           kind: str = "stream", loop: Loop | None = None) -> Server:
+    """Listen on ``port`` (Tcl's ``socket -server``); returns a `Server`.
+
+    For each connection ``callback(channel, peer_host, peer_port)`` runs
+    with a non-blocking, line-buffered Channel.  ``host`` chooses the
+    address (see the module notes); port 0 picks a free port
+    (``server.port``).  ``kind="dgram"`` makes a UDP (or Unix datagram)
+    socket: set a readable handler on ``server.sock`` yourself, or give a
+    callback, which is called as ``callback(data, peer_host, peer_port)``
+    for each datagram.  Raises OSError if the address can't be had.
+    """
+    if kind not in ("stream", "dgram"):
+        raise ValueError(f"bad server kind {kind!r}: must be 'stream' or 'dgram'")
+    if kind == "stream" and callback is None:
+        raise ValueError("a stream server needs a callback")
+    loop = loop if loop is not None else get_loop()
+    socktype = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+    if host.startswith("/"):
+        sock = _unix_socket(host, socktype)
+        return Server(sock, callback, loop, path=host)
+    if host == "":
+        sock = _dual_stack_socket(port, socktype)
+    else:
+        family, _, proto, _, addr = _resolve(host, port, socktype, passive=True)[0]
+        sock = _bound(family, socktype, addr, v6only=True)
+    return Server(sock, callback, loop)
+
+
+def _bound(family: int, socktype: int, addr: Any, v6only: bool) -> socket.socket:
+    sock = socket.socket(family, socktype)
+    try:
+        if socktype == socket.SOCK_STREAM:
+            # Rebinding a port whose old connections sit in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind(addr)
+        if socktype == socket.SOCK_STREAM:
+            sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _dual_stack_socket(port: int, socktype: int) -> socket.socket:
+    """One socket for IPv4 and IPv6 peers; IPv4 alone if IPv6 is off."""
+    if socket.has_ipv6:
+        try:
+            return _bound(socket.AF_INET6, socktype, ("::", port), v6only=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+    return _bound(socket.AF_INET, socktype, ("0.0.0.0", port), v6only=False)
+
+
+def _unix_socket(path: str, socktype: int) -> socket.socket:
+    """Bind a Unix socket at ``path``, replacing a stale one nobody serves."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode) and not _in_use(path):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socktype)
+    try:
+        sock.bind(path)
+        if socktype == socket.SOCK_STREAM:
+            sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _in_use(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
