@@ -1,0 +1,7 @@
+"""``python -m scanner``: see `scanner.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main(prog="python -m scanner"))
