@@ -1,0 +1,316 @@
+"""``portalloc``: list, find and allocate ports of a port manager.
+
+Usage::
+
+    portalloc list [HOST] [USER-PATTERN] [--json]
+    portalloc find SERVICE [--user USER] [--json]
+    portalloc allocate APPLICATION [--] COMMAND [ARG...]
+
+Every subcommand also takes ``--host HOST``, ``--port PORT`` and
+``--timeout SECONDS``.  Without ``--port`` the manager is found as
+`portalloc.client.PortAllocator` finds it: the first line of
+``$PORTALLOC_PORTFILE`` or ``/var/tmp/daqportmgr/listen.port``, else 30000.
+
+``list`` is NSCLDAQ's ``lsservices``: the allocations of the manager on HOST
+(default localhost) whose user matches the glob USER-PATTERN (default
+``*``).  It prints one line per allocation, ``PORT APPLICATION USER``; each
+line is a Tcl list, as on the wire, so a name with spaces comes out braced
+(``30001 {my app} fox``) and a line splits back into three fields with
+``lindex`` or `portalloc.protocol.parse_list`.  Columns are padded to line
+up, which keeps every line a valid Tcl list.  A header line is printed only
+when stdout is a terminal.  ``--json`` prints one JSON list of objects with
+``port``, ``application`` and ``user``.
+
+``find`` prints the port of SERVICE run by USER (default: you); with
+``--json`` an object with ``port``, ``application`` and ``user``.
+
+``allocate`` asks the manager on this host for a port for APPLICATION, then
+runs COMMAND with the port in the environment variable ``PORT`` and every
+``{port}`` in its arguments replaced by the number.  The port stays
+allocated until COMMAND exits.  SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to
+``portalloc`` are passed on to COMMAND (a Ctrl-C typed at the terminal
+already reaches COMMAND, and is not sent twice).  When no port can be had
+the manager's reason is printed and COMMAND is not run.
+
+Exit status:
+  0    success
+  1    find: no such service; allocate: the manager gave no port
+  2    bad usage
+  3    the port manager could not be reached, did not answer in time, or
+       answered something unexpected
+  allocate otherwise exits with COMMAND's status: 128+N if a signal N
+  killed it, 126 if it could not be run, 127 if it was not found.
+
+Errors are one line on stderr, prefixed ``portalloc:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Sequence
+
+from .client import (Allocation, PortAllocationError, PortAllocator, PortManagerError,
+                     PortManagerUnavailable, default_port, login_user)
+from .protocol import format_list
+
+__all__ = ["main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_UNREACHABLE"]
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+_PROG = "portalloc"
+# Signals passed on to COMMAND by `allocate`.
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# si_code of a signal the kernel sent itself (the terminal's Ctrl-C, a
+# hang-up): it went to the whole foreground process group, COMMAND included.
+_SI_KERNEL = 0x80
+
+_EPILOG = """\
+exit status: 0 ok; 1 not found (find) or no port (allocate); 2 bad usage;
+3 port manager unreachable or not answering.  allocate otherwise exits with
+COMMAND's status (128+N if killed by signal N, 126/127 if it can't be run).
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return port
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def _parser(command_split: bool = False) -> _Parser:
+    """The argument parser; ``command_split``: allocate's COMMAND was cut
+    off at "--" already, so options may follow APPLICATION."""
+    common = _Parser(add_help=False)
+    common.add_argument("--host", help="host of the port manager (default: localhost)")
+    common.add_argument("--port", type=_port_arg,
+                        help="port of the port manager (default: from listen.port, else 30000)")
+    common.add_argument("--timeout", type=_timeout_arg, default=10.0, metavar="SECONDS",
+                        help="give up on a manager that does not answer (default: 10)")
+
+    parser = _Parser(prog=_PROG, description="List, find and allocate ports of an "
+                     "NSCLDAQ-compatible port manager.", epilog=_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("list", parents=[common], epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="list the allocated ports (like lsservices)",
+                       description="Print one line per allocation: PORT APPLICATION USER, "
+                       "each line a Tcl list; a header only on a terminal.")
+    p.add_argument("hostname", nargs="?", metavar="HOST",
+                   help="host whose port manager to ask (same as --host)")
+    p.add_argument("user_pattern", nargs="?", default="*", metavar="USER-PATTERN",
+                   help="glob the user must match (default: *)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+
+    p = sub.add_parser("find", parents=[common], epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="print the port of a service",
+                       description="Print the port of SERVICE run by USER; exit 1 if none.")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("--user", help="user running the service (default: you)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+    p = sub.add_parser("allocate", parents=[common], epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="allocate a port and run a command that holds it",
+                       usage=f"{_PROG} allocate [options] APPLICATION [--] COMMAND [ARG...]",
+                       description="Allocate a port for APPLICATION and run COMMAND with "
+                       "it in $PORT and in place of {port} in its arguments; the port is "
+                       "held until COMMAND exits, and portalloc exits with its status.")
+    p.add_argument("application", metavar="APPLICATION")
+    if command_split:
+        p.set_defaults(argv=[])
+    else:
+        p.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND",
+                       help="the command to run, and its arguments")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``portalloc`` command line; returns the exit status."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] | None = None
+    if args_in[:1] == ["allocate"] and "--" in args_in:
+        # Options may come on either side of APPLICATION; COMMAND is
+        # everything after the first "--", untouched.
+        cut = args_in.index("--")
+        args_in, command = args_in[:cut], args_in[cut + 1:]
+    try:
+        args = _parser(command is not None).parse_args(args_in)
+        if command is not None:
+            args.argv = command
+        if args.command == "list":
+            return _list(args)
+        if args.command == "find":
+            return _find(args)
+        return _allocate(args)
+    except _UsageError as exc:
+        return _fail(EXIT_USAGE, f"error: {exc}")
+    except PortAllocationError as exc:
+        return _fail(EXIT_NOT_FOUND, str(exc))
+    except PortManagerError as exc:
+        return _fail(EXIT_UNREACHABLE, str(exc))
+    except ValueError as exc:             # a name the protocol can't carry
+        return _fail(EXIT_USAGE, f"error: {exc}")
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # `portalloc list | head`: the reader left; say nothing more.
+        _silence_stdout()
+        return EXIT_OK
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"{_PROG}: {message}", file=sys.stderr)
+    return status
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _allocator(args: argparse.Namespace, host: str | None = None) -> PortAllocator:
+    host = host or args.host or "localhost"
+    port = args.port if args.port is not None else default_port()
+    return PortAllocator(host, port, timeout=args.timeout)
+
+
+def _as_dict(a: Allocation) -> dict[str, object]:
+    return {"port": a.port, "application": a.application, "user": a.user}
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.hostname and args.host and args.hostname != args.host:
+        raise _UsageError("give the host once: as HOST or as --host")
+    allocations = [a for a in _allocator(args, args.hostname).list_ports()
+                   if fnmatch.fnmatchcase(a.user, args.user_pattern)]
+    if args.json:
+        print(json.dumps([_as_dict(a) for a in allocations]))
+        return EXIT_OK
+    rows = [_fields(a) for a in allocations]
+    if sys.stdout.isatty():
+        rows.insert(0, ["PORT", "APPLICATION", "USER"])
+    if rows:
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        for r in rows:
+            print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _fields(a: Allocation) -> list[str]:
+    """The three fields of an allocation, each quoted as a Tcl list element."""
+    # Quote each one alone: a leading '#' is braced only in a list's first
+    # element, and the port comes first.
+    return [str(a.port), format_list(["", a.application])[3:], format_list(["", a.user])[3:]]
+
+
+def _find(args: argparse.Namespace) -> int:
+    user = args.user if args.user is not None else login_user()
+    allocator = _allocator(args)
+    for a in allocator.list_ports():
+        if a.application == args.service and a.user == user:
+            print(json.dumps(_as_dict(a)) if args.json else a.port)
+            return EXIT_OK
+    where = f"{allocator.hostname}:{allocator.port}"
+    return _fail(EXIT_NOT_FOUND, f"no service {args.service!r} run by {user!r} at {where}")
+
+
+def _allocate(args: argparse.Namespace) -> int:
+    command = list(args.argv)
+    if not command:
+        raise _UsageError("allocate needs a COMMAND to run")
+    allocator = _allocator(args)
+    port = allocator.allocate_port(args.application)
+    try:
+        return _run_holding(port, command)
+    finally:
+        allocator.release()
+
+
+def _run_holding(port: int, command: list[str]) -> int:
+    """Run ``command`` with ``port`` in it; pass signals on; its status."""
+    argv = [arg.replace("{port}", str(port)) for arg in command]
+    env = dict(os.environ, PORT=str(port))
+    # Signals that come before the child is started are remembered by these
+    # handlers and passed on once it is; after that they are taken with
+    # sigwaitinfo, which tells who sent them.
+    early: list[int] = []
+    old_handlers = {sig: signal.signal(sig, lambda s, _f: early.append(s)) for sig in _FORWARDED}
+    watched = {*_FORWARDED, signal.SIGCHLD}
+    try:
+        try:
+            child = subprocess.Popen(argv, env=env)
+        except FileNotFoundError:
+            return _fail(127, f"{argv[0]}: command not found")
+        except OSError as exc:
+            return _fail(126, f"{argv[0]}: {exc.strerror or exc}")
+        # Blocked after the child exists, so that it starts unblocked; a
+        # blocked SIGCHLD stays pending even though its action is "ignore".
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        try:
+            passed_on = 0
+            while child.poll() is None:
+                # (A Python-level handler may run a moment after the block.)
+                for sig in early[passed_on:]:
+                    _send(child, sig)
+                passed_on = len(early)
+                info = signal.sigtimedwait(watched, 1.0)
+                if info is None or info.si_signo == signal.SIGCHLD:
+                    continue
+                if info.si_code != _SI_KERNEL:
+                    _send(child, info.si_signo)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    status = child.returncode
+    return 128 - status if status < 0 else status
+
+
+def _send(child: subprocess.Popen, sig: int) -> None:
+    try:
+        child.send_signal(sig)
+    except ProcessLookupError:
+        pass
