@@ -115,6 +115,12 @@ class Loop:
         self._watches: dict[int, _Watch] = {}
         self._input_ready: dict[Channel, None] = {}   # channels with unread input
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+        # Timers and idle callbacks taken off their queues for this pass and
+        # not yet run.  They live on the loop, not in a local list, so that a
+        # vwait nested in one of them runs the rest (as Tcl does), and an
+        # exception escaping the loop loses none of them.
+        self._due: deque[TimerId] = deque()
+        self._idle_round: deque[TimerId] = deque()
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
         self._closed = False
@@ -237,7 +243,8 @@ class Loop:
 
     def after_info(self) -> list[TimerId]:
         """The TimerIds still pending, idle ones included."""
-        return self._timers.pending()
+        taken = [t for t in (*self._due, *self._idle_round) if t.pending]
+        return taken + self._timers.pending()
 
     # ---------------------------------------------------------- other threads
 
@@ -323,7 +330,8 @@ class Loop:
         clock = self._clock
 
         # 1. How long may we sleep?
-        if self._threadsafe or self._input_ready or timers.idle:
+        if (self._threadsafe or self._input_ready or timers.idle
+                or self._due or self._idle_round):
             timeout = 0
         elif timers.heap:
             deadline = timers.next_deadline()
@@ -376,7 +384,9 @@ class Loop:
 
         # 4b. Timers that are due, all collected before any runs.
         if timers.heap and timers.heap[0][0] <= clock():
-            ran += self._run_timers(timers.pop_due(clock()))
+            self._due.extend(timers.pop_due(clock()))
+        if self._due:
+            ran += self._run_timers(self._due)
 
         # 4c. Callbacks from other threads, as many as were queued now.
         queue = self._threadsafe
@@ -389,28 +399,33 @@ class Loop:
                 self._report(exc)
 
         # 5. Idle callbacks, only when nothing else happened.
-        if not ran and timers.idle:
-            ran += self._run_timers(timers.take_idle())
+        if not ran and (self._idle_round or timers.idle):
+            ran += self._run_idle_round()
         return ran
 
-    def _run_timers(self, batch: list[TimerId]) -> int:
+    def _run_timers(self, batch: deque[TimerId]) -> int:
+        """Run the timers in ``batch``, taking each off before it runs."""
         ran = 0
-        try:
-            for timer in batch:
-                if not timer.pending:          # cancelled by an earlier one
-                    continue
-                timer.pending = False
-                callback, args = timer.callback, timer.args
-                timer.callback = timer.args = None
-                ran += 1
-                try:
-                    callback(*args)
-                except Exception as exc:
-                    self._report(exc)
-        except BaseException:
-            self._timers.restore(batch)     # KeyboardInterrupt: lose nothing
-            raise
+        while batch:
+            timer = batch.popleft()
+            if not timer.pending:              # cancelled by an earlier one
+                continue
+            timer.pending = False
+            callback, args = timer.callback, timer.args
+            timer.callback = timer.args = None
+            ran += 1
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._report(exc)
         return ran
+
+    def _run_idle_round(self) -> int:
+        """Run one generation of idle callbacks (the rest of an unfinished
+        one first): those queued meanwhile wait for the next round."""
+        if not self._idle_round:
+            self._idle_round.extend(self._timers.take_idle())
+        return self._run_timers(self._idle_round)
 
     # ----------------------------------------------------- running and waiting
 
@@ -441,8 +456,8 @@ class Loop:
         idletasks``).
         """
         if idletasks:
-            while self._timers.idle:
-                self._run_timers(self._timers.take_idle())
+            while self._idle_round or self._timers.idle:
+                self._run_idle_round()
             return
         while self.run_once(0):
             pass

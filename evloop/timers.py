@@ -88,7 +88,9 @@ class TimerQueue:
         timer.callback = timer.args = None     # drop references now
         if timer.when is None:
             return                             # skipped when its idle round comes
-        self._dead += 1
+        # (A timer already taken off the heap for running counts too; the
+        # clamp keeps that from making the count exceed the heap.)
+        self._dead = min(self._dead + 1, len(self.heap))
         if self._dead > _SWEEP_MIN and self._dead * 2 > len(self.heap):
             self.heap = [entry for entry in self.heap if entry[2].pending]
             heapq.heapify(self.heap)
@@ -127,14 +129,6 @@ class TimerQueue:
         batch = list(self.idle)
         self.idle.clear()
         return batch
-
-    def restore(self, timers: list[TimerId]) -> None:
-        """Put back timers taken but not run (an exception escaped the loop)."""
-        idle = [t for t in timers if t.pending and t.when is None]
-        self.idle.extendleft(reversed(idle))
-        for timer in timers:
-            if timer.pending and timer.when is not None:
-                heapq.heappush(self.heap, (timer.when, timer.number, timer))
 
     def pending(self) -> list[TimerId]:
         """Every pending TimerId, soonest first, then the idle ones in order."""
