@@ -1,0 +1,259 @@
+"""python -m scanner: output forms, exit status, Ctrl-C, progress on a terminal.
+
+Targets are on loopback: a /24 of 127/8 where the fixture holds one port on
+every address (listeners on .3 .5 .9, a full accept queue -- silent -- on
+.12 to .15, bound-but-not-listening sockets elsewhere: refused).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pty
+import random
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scanner.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(60)
+
+OPEN = (3, 5, 9)
+SILENT = (12, 13, 14, 15)
+
+
+class _Lab:
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        for _ in range(100):
+            self.net = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
+            try:
+                self._take()
+                return
+            except OSError as exc:
+                self.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise RuntimeError("no free port on a loopback /24")
+
+    def _take(self) -> None:
+        self.port = 0
+        for n in range(256):
+            s = socket.socket()
+            self.sockets.append(s)
+            s.bind((self.addr(n), self.port))
+            self.port = s.getsockname()[1]
+            if n in OPEN:
+                s.listen(64)
+            elif n in SILENT:
+                s.listen(0)
+                self.sockets.append(socket.create_connection((self.addr(n), self.port), 5))
+
+    def addr(self, n: int) -> str:
+        return f"{self.net}.{n}"
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets.clear()
+
+
+@pytest.fixture
+def lab():
+    lb = _Lab()
+    yield lb
+    lb.close()
+
+
+def _run(args, **kw):
+    kw.setdefault("timeout", 30)
+    return subprocess.run([sys.executable, "-m", "scanner", *args], cwd=ROOT,
+                          capture_output=True, text=True, **kw)
+
+
+# --------------------------------------------------------------- exit status
+
+def test_open_port_found_exits_0_and_prints_one_line_per_result(lab):
+    r = _run([f"{lab.net}.0-7", "-p", str(lab.port), "--timeout", "1"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 8
+    opened = sorted(line.split()[0] for line in lines if line.split()[1] == "open")
+    assert opened == sorted(f"{lab.addr(n)}:{lab.port}" for n in (3, 5))
+    assert f"{lab.addr(3)}:{lab.port}" in [line.split()[2] for line in lines
+                                           if line.startswith(f"{lab.addr(3)}:")]
+    assert "8 of 8 scanned" in r.stderr and "2 open, 6 refused" in r.stderr
+
+
+def test_nothing_open_exits_1(lab):
+    r = _run([f"{lab.net}.20-30", "-p", str(lab.port)])
+    assert r.returncode == 1, r.stderr
+    assert all(line.split()[1] == "refused" for line in r.stdout.splitlines())
+
+
+def test_open_only_prints_open_ports_only(lab):
+    r = _run([f"{lab.net}.0/24", "-p", str(lab.port), "--open-only", "--timeout", "0.3"])
+    assert r.returncode == 0
+    assert sorted(line.split()[0] for line in r.stdout.splitlines()) == sorted(
+        f"{lab.addr(n)}:{lab.port}" for n in OPEN)
+    assert "256 of 256 scanned" in r.stderr and "4 timeout" in r.stderr
+
+
+def test_json_every_stdout_line_is_an_object_with_a_summary_last(lab):
+    r = _run([f"{lab.net}.0/28", "-p", str(lab.port), "--json", "--timeout", "0.3",
+              "--exclude", lab.addr(0)])
+    assert r.returncode == 0
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    results, summary = objs[:-1], objs[-1]
+    assert {o["type"] for o in results} == {"result"} and summary["type"] == "summary"
+    assert sorted(o["host"] for o in results) == sorted(lab.addr(n) for n in range(1, 16))
+    by_host = {o["host"]: o for o in results}
+    assert by_host[lab.addr(3)]["state"] == "open"
+    assert by_host[lab.addr(3)]["detail"] == f"{lab.addr(3)}:{lab.port}"
+    assert by_host[lab.addr(12)]["state"] == "timeout"
+    assert by_host[lab.addr(1)] == {"type": "result", "host": lab.addr(1), "port": lab.port,
+                                    "state": "refused", "detail": "Connection refused"}
+    assert (summary["total"], summary["done"], summary["open"], summary["refused"],
+            summary["timeout"], summary["interrupted"]) == (15, 15, 3, 8, 4, False)
+    assert r.stderr == ""
+
+
+def test_base_and_port_as_in_scan_tcl(lab):
+    r = _run([lab.net, str(lab.port), "--open-only", "--timeout", "0.3"])
+    assert r.returncode == 0
+    assert len(r.stdout.splitlines()) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["127.0.0.300", "-p", "80"], "bad target"),
+    (["127.0.0.1", "-p", "0"], "bad port"),
+    (["127.0.0.1", "-p", "http"], "bad port"),
+    (["127.0.0.1"], "no ports given"),
+    (["127.0.0.1", "-p", "80", "--timeout", "0"], "--timeout"),
+    (["127.0.0.1", "-p", "80", "--concurrency", "0"], "--concurrency"),
+    (["127.0.0.1", "-p", "80", "--bogus"], "unrecognized arguments"),
+])
+def test_usage_errors_exit_2_with_a_message(args, message):
+    r = _run(args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert message in r.stderr and "usage:" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_main_in_process_returns_the_status(lab, capsys):
+    assert main([lab.addr(3), "-p", str(lab.port)]) == 0
+    out = capsys.readouterr().out
+    assert out.split()[:2] == [f"{lab.addr(3)}:{lab.port}", "open"]
+    assert main([lab.addr(4), "-p", str(lab.port)]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["not a target!", "-p", "80"])
+    assert exc.value.code == 2
+
+
+def test_help_explains_with_loopback_and_documentation_addresses():
+    r = _run(["--help"])
+    assert r.returncode == 0
+    assert "127.0.0.0/16" in r.stdout and "exit status" in r.stdout
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def _read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} not seen in {data!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"EOF before {needle!r}: {data!r}"
+            data += chunk
+    return data
+
+
+def test_sigint_stops_cleanly_with_what_was_found_and_exits_130(lab):
+    # Silent addresses with a long timeout keep the scan busy; the open
+    # ones answer at once and are printed (flushed) before the signal.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanner", f"{lab.net}.3-15", "-p", str(lab.port),
+         "--timeout", "30", "--open-only"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = _read_until(proc.stdout.fileno(), f"{lab.addr(9)}:{lab.port}".encode())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    out = (seen + out).decode()
+    assert proc.returncode == 130
+    assert sorted(line.split()[0] for line in out.splitlines()) == sorted(
+        f"{lab.addr(n)}:{lab.port}" for n in OPEN)
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+
+
+def test_sigint_on_the_test_subnet_exits_130(tnet):
+    proc = subprocess.Popen(
+        tnet["exec"] + [sys.executable, "-m", "scanner", tnet["subnet"], "-p", "80",
+                        "--timeout", "30", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = _read_until(proc.stdout.fileno(), b'"open"')
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    objs = [json.loads(line) for line in (seen + out).decode().splitlines()]
+    summary = objs[-1]
+    assert summary["type"] == "summary" and summary["interrupted"] is True
+    assert summary["open"] == 10 and summary["done"] < summary["total"] == 256
+    assert len(objs) - 1 == summary["done"]
+
+
+# ------------------------------------------------------------ progress line
+
+def test_progress_line_only_on_a_terminal(lab):
+    piped = _run([f"{lab.net}.10-15", "-p", str(lab.port), "--timeout", "0.6"])
+    assert "\r" not in piped.stderr
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scanner", f"{lab.net}.10-15", "-p", str(lab.port),
+             "--timeout", "0.6"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        err = _read_until(master, b"scanned in")
+        proc.communicate(timeout=10)
+    finally:
+        os.close(master)
+    assert b"\r2/6 " in err and b"ETA" in err
+
+
+# ---------------------------------------------------- descriptor shortage
+
+def _limit_fds():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def test_low_descriptor_limit_same_json_results(lab):
+    args = [f"{lab.net}.0/24", "-p", str(lab.port), "--json", "--timeout", "0.3"]
+    free = _run(args)
+    tight = _run(args + ["--concurrency", "500"], preexec_fn=_limit_fds)
+    assert free.returncode == tight.returncode == 0, tight.stderr
+
+    def results(r):
+        return sorted(line for line in r.stdout.splitlines() if '"result"' in line)
+
+    assert results(tight) == results(free) and len(results(free)) == 256
