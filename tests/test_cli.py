@@ -1,0 +1,331 @@
+"""The ``portalloc`` command line against the ``portmgr`` fixture: in process
+(``main(argv)``) where output is all that matters, as a subprocess where
+exit codes, signals and tracebacks are the point."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import start_portmgr
+from portalloc import client
+from portalloc.cli import main
+from portalloc.client import Allocation, PortAllocator, login_user
+from portalloc.protocol import parse_list
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parent.parent
+ME = login_user()
+
+
+def portalloc(*args: str, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m portalloc ARGS`` and wait for it."""
+    kw.setdefault("timeout", 20)
+    return subprocess.run([sys.executable, "-m", "portalloc", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, **kw)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env.pop(client.PORT_FILE_ENV, None)
+    env.update(extra)
+    return env
+
+
+def listed(pm) -> list[Allocation]:
+    with PortAllocator("localhost", pm.port) as pa:
+        return pa.list_ports()
+
+
+def eventually(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def held(portmgr):
+    """Allocations made by two users, released after the test."""
+    alice = PortAllocator("localhost", portmgr.port, user="alice")
+    bob = PortAllocator("localhost", portmgr.port, user="bob")
+    ports = {"web": alice.allocate_port("web"), "my db": bob.allocate_port("my db")}
+    yield ports
+    alice.release()
+    bob.release()
+
+
+# ------------------------------------------------------------------- list
+
+def test_list_prints_one_tcl_list_line_per_allocation(portmgr, held, capsys):
+    assert main(["list", "--port", str(portmgr.port)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [parse_list(line) for line in out]
+    assert rows == [[str(held["web"]), "web", "alice"], [str(held["my db"]), "my db", "bob"]]
+
+
+def test_list_columns_line_up(portmgr, held, capsys):
+    main(["list", "--port", str(portmgr.port)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].index("alice") == out[1].index("bob")
+
+
+def test_list_filters_users_with_a_glob_like_lsservices(portmgr, held, capsys):
+    assert main(["list", "localhost", "a*", "--port", str(portmgr.port)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [parse_list(line)[2] for line in out] == ["alice"]
+    assert main(["list", "localhost", "nobody", "--port", str(portmgr.port)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_list_json(portmgr, held, capsys):
+    assert main(["list", "--json", "--port", str(portmgr.port)]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"port": held["web"], "application": "web", "user": "alice"},
+        {"port": held["my db"], "application": "my db", "user": "bob"},
+    ]
+
+
+def test_list_of_nothing_prints_nothing_or_an_empty_json_list(portmgr, capsys):
+    assert main(["list", "--port", str(portmgr.port)]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["list", "--json", "--port", str(portmgr.port)]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_list_quotes_awkward_names_so_lines_still_split(portmgr, capsys):
+    names = ["#first", "", "a{b", "tab\tin", "trailing\\"]
+    with PortAllocator("localhost", portmgr.port, user="u v") as pa:
+        ports = {name: pa.allocate_port(name) for name in names}
+        main(["list", "--port", str(portmgr.port)])
+    rows = [parse_list(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(rows) == sorted([str(p), n, "u v"] for n, p in ports.items())
+
+
+def test_list_prints_a_header_only_on_a_terminal(portmgr, held):
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "portalloc", "list", "--port",
+                                 str(portmgr.port)], cwd=ROOT, env=_env(),
+                                stdout=slave, stderr=subprocess.PIPE)
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:                 # EIO: the pty's other side closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(10) == 0
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["PORT", "APPLICATION", "USER"]
+    assert len(lines) == 3
+    # Piped, the same command has no header.
+    assert len(portalloc("list", "--port", str(portmgr.port)).stdout.splitlines()) == 2
+
+
+def test_list_host_given_twice_is_a_usage_error(capsys):
+    assert main(["list", "hosta", "--host", "hostb"]) == 2
+    assert "give the host once" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- find
+
+def test_find_prints_the_port(portmgr, held, capsys):
+    assert main(["find", "web", "--user", "alice", "--port", str(portmgr.port)]) == 0
+    assert capsys.readouterr().out == f"{held['web']}\n"
+
+
+def test_find_json(portmgr, held, capsys):
+    assert main(["find", "my db", "--user", "bob", "--json", "--port", str(portmgr.port)]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "port": held["my db"], "application": "my db", "user": "bob"}
+
+
+def test_find_defaults_to_the_login_user(portmgr, held, capsys):
+    assert main(["find", "web", "--port", str(portmgr.port)]) == (0 if ME == "alice" else 1)
+    with PortAllocator("localhost", portmgr.port) as pa:
+        port = pa.allocate_port("mine")
+        capsys.readouterr()
+        assert main(["find", "mine", "--port", str(portmgr.port)]) == 0
+        assert capsys.readouterr().out == f"{port}\n"
+
+
+def test_find_exits_1_with_one_line_when_nothing_matches(portmgr, held, capsys):
+    assert main(["find", "web", "--user", "bob", "--port", str(portmgr.port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "no service 'web' run by 'bob'" in captured.err
+
+
+# --------------------------------------------------------- finding the server
+
+def test_tools_find_the_server_through_the_port_file(portmgr, held):
+    result = subprocess.run([sys.executable, "-m", "portalloc", "find", "web", "--user", "alice"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=20,
+                            env=_env(**{client.PORT_FILE_ENV: str(portmgr.paths.portfile)}))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{held['web']}\n"
+
+
+def test_tools_use_the_default_port_file(portmgr, held, monkeypatch, capsys):
+    monkeypatch.delenv(client.PORT_FILE_ENV, raising=False)
+    monkeypatch.setattr(client, "DEFAULT_PORT_FILE", str(portmgr.paths.portfile))
+    assert main(["list", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+# --------------------------------------------------------------- allocate
+
+def test_allocate_runs_the_command_with_the_port_and_holds_it(portmgr):
+    script = ("import os, sys, json\n"
+              "sys.path.insert(0, os.environ['PYTHONPATH'])\n"
+              "from portalloc.client import PortAllocator\n"
+              f"rows = PortAllocator('localhost', {portmgr.port}).list_ports()\n"
+              "print(os.environ['PORT'], sys.argv[1], json.dumps([list(r) for r in rows]))\n"
+              "sys.exit(7)\n")
+    result = portalloc("allocate", "--port", str(portmgr.port), "cli app", "--",
+                       sys.executable, "-c", script, "arg={port}")
+    assert result.returncode == 7, result.stderr
+    env_port, arg, rows = result.stdout.split(" ", 2)
+    port = int(env_port)
+    assert arg == f"arg={port}"
+    assert json.loads(rows) == [[port, "cli app", ME]]
+    eventually(lambda: listed(portmgr) == [])
+
+
+def test_allocate_with_sh_substitutes_port(portmgr):
+    result = portalloc("allocate", "shapp", "--port", str(portmgr.port), "--",
+                       "sh", "-c", "echo $PORT {port}")
+    assert result.returncode == 0, result.stderr
+    env_port, arg_port = result.stdout.split()
+    assert env_port == arg_port and portmgr.low <= int(env_port) <= portmgr.high
+
+
+def test_allocate_without_double_dash(portmgr):
+    result = portalloc("allocate", "--port", str(portmgr.port), "nodash", "sh", "-c", "exit 3")
+    assert result.returncode == 3
+
+
+def test_allocate_without_a_free_port_does_not_run_the_command(tmp_path):
+    p = free_port()
+    pm = start_portmgr(tmp_path, ports=f"{p}-{p}")
+    try:
+        with PortAllocator("localhost", pm.port) as pa:
+            pa.allocate_port("hog")
+            marker = tmp_path / "ran"
+            result = portalloc("allocate", "--port", str(pm.port), "late", "--",
+                               "touch", str(marker))
+        assert result.returncode == 1
+        assert not marker.exists()
+        assert result.stderr.count("\n") == 1
+        assert "no free ports" in result.stderr
+    finally:
+        pm.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_allocate_passes_signals_on_and_exits_with_the_commands_status(portmgr, sig):
+    child = ("import signal, sys\n"
+             "def bye(signum, frame):\n"
+             "    print('got', signum, flush=True)\n"
+             "    sys.exit(5)\n"
+             "signal.signal(signal.SIGTERM, bye)\n"
+             "signal.signal(signal.SIGINT, bye)\n"
+             "print('ready', flush=True)\n"
+             "signal.pause()\n"
+             "sys.exit(9)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "portalloc", "allocate", "--port",
+                             str(portmgr.port), "sig app", "--", sys.executable, "-c", child],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert [a.application for a in listed(portmgr)] == ["sig app"]
+        proc.send_signal(sig)
+        assert proc.wait(10) == 5
+        assert proc.stdout.read() == f"got {int(sig)}\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    eventually(lambda: listed(portmgr) == [])
+
+
+def test_allocate_reports_death_by_signal_as_128_plus_n(portmgr):
+    result = portalloc("allocate", "--port", str(portmgr.port), "x", "--",
+                       "sh", "-c", "kill -TERM $$")
+    assert result.returncode == 128 + signal.SIGTERM
+
+
+def test_allocate_command_not_found_is_127_and_frees_the_port(portmgr):
+    result = portalloc("allocate", "--port", str(portmgr.port), "x", "--",
+                       "/nonexistent/command")
+    assert result.returncode == 127
+    assert result.stderr == "portalloc: /nonexistent/command: command not found\n"
+    eventually(lambda: listed(portmgr) == [])
+
+
+# ------------------------------------------------------ errors and usage
+
+def test_unreachable_server_is_exit_3_with_one_line_and_no_traceback():
+    port = free_port()
+    for args in (["list"], ["find", "x"], ["allocate", "x", "--", "true"]):
+        result = portalloc(args[0], "--port", str(port), *args[1:])
+        assert result.returncode == 3
+        assert result.stderr == (f"portalloc: can't connect to port manager at "
+                                 f"localhost:{port}: Connection refused\n")
+        assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [
+    [], ["bogus"], ["list", "--port", "notaport"], ["list", "--port", "70000"],
+    ["find"], ["allocate", "app"], ["allocate", "app", "--"], ["list", "a", "b", "c"],
+    ["list", "--timeout", "-1"], ["allocate", "two\nlines", "--", "true"],
+])
+def test_bad_usage_is_exit_2_with_one_line(args, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("portalloc: error: ")
+    assert err.count("\n") == 1
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit status" in out and "3 port manager unreachable" in out
+    for sub in ("list", "find", "allocate"):
+        with pytest.raises(SystemExit):
+            main([sub, "--help"])
+        assert "--port" in capsys.readouterr().out
+
+
+def test_console_entry_point_module_runs():
+    result = portalloc("--help")
+    assert result.returncode == 0 and "allocate" in result.stdout
