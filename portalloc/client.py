@@ -376,12 +376,14 @@ class PortAllocator:
         """Every allocation the manager knows of, in its order."""
         with self._lock:
             self._check_alive()
-            conn = self._conn or self._connect()
+            # The connection that holds our ports, else one for this request.
+            temporary = self._conn is None
+            conn = self._connect() if temporary else self._conn
             try:
                 count = _list_count(conn.where, self._ask(conn, "LIST"))
                 return [_allocation(conn.where, self._read(conn)) for _ in range(count)]
             finally:
-                if conn is not self._conn:
+                if temporary:
                     conn.close()
 
     def find_server(self, service: str, user: str | None = None) -> int | None:

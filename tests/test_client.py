@@ -314,6 +314,30 @@ def test_timeout_on_a_connection_holding_ports_keeps_it_open():
     assert fm.received[-1] == b""
 
 
+def test_list_timing_out_on_the_holding_connection_keeps_its_ports():
+    release = threading.Event()
+
+    def script(fm, conn):
+        fm.read_line(conn)
+        conn.sendall(b"OK 40001\r\n")
+        fm.read_line(conn)                      # LIST: never answered
+        release.wait(10)
+        fm.received.append(conn.recv(100))     # b"" once we close
+
+    fm = FakeManager(script)
+    pa = PortAllocator("127.0.0.1", fm.port, timeout=0.2)
+    pa.allocate_port("a")
+    held = pa._conn
+    with pytest.raises(PortManagerUnavailable, match="did not answer"):
+        pa.list_ports()
+    assert pa.ports == [40001]
+    assert held.sock.fileno() >= 0             # still open, so still held
+    release.set()
+    pa.release()
+    fm.close()
+    assert fm.received[-1] == b""
+
+
 def test_manager_hanging_up_is_reported():
     def script(fm, conn):
         fm.read_line(conn)
