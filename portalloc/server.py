@@ -64,6 +64,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -91,6 +92,7 @@ OUTPUT_LIMIT = 1 << 20         # unsent reply bytes before we give up on a clien
 _LINES_PER_CALL = 64           # requests handled per readable call (fairness)
 _BUFFERSIZE = 1 << 30          # "full" buffering that never flushes by itself
 _USAGE_RETRY_MS = 1000         # retry a usage file that could not be written
+_LINGER_ABORT = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close sends RST
 
 
 def is_loopback(host: str) -> bool:
@@ -248,7 +250,7 @@ class PortManagerServer:
         if _pending_out(ch) > self.output_limit:
             log.warning("%s does not read its replies (%d bytes unsent): disconnected",
                         client.host, _pending_out(ch))
-            self._drop(client, "output limit")
+            self._drop(client, "output limit", abort=True)
             return False
         return True
 
@@ -336,10 +338,17 @@ class PortManagerServer:
             pass
         # What the socket did not take now the client is not reading: drop it
         # rather than keep the descriptor until it does.
-        self._drop(client, "refused", force=_pending_out(ch) > 0)
+        self._drop(client, "refused", abort=_pending_out(ch) > 0)
 
-    def _drop(self, client: _Client, why: str, force: bool = True) -> None:
-        """End a connection: free its ports now, close its channel."""
+    def _drop(self, client: _Client, why: str, abort: bool = False) -> None:
+        """End a connection: free its ports now, close its channel.
+
+        Queued replies get one last send (a client that half-closed may
+        still read them); what the socket does not take is discarded.
+        ``abort`` discards everything, what the kernel holds too, with a
+        reset: for a client that does not read, whose queue would otherwise
+        trickle out for minutes.
+        """
         ch = client.ch
         if ch is None:
             return
@@ -355,7 +364,14 @@ class PortManagerServer:
             self._changed()
         log.debug("Connection from %s ended: %s", client.host, why)
         try:
-            ch.close(force=force)
+            if abort:
+                ch.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            else:
+                ch.flush()
+        except OSError:
+            pass
+        try:
+            ch.close(force=True)
         except OSError:
             pass
 
