@@ -33,10 +33,10 @@ SILENT = (12, 13, 14, 15)
 
 
 class _Lab:
-    def __init__(self) -> None:
+    def __init__(self, net: str | None = None) -> None:
         self.sockets: list[socket.socket] = []
         for _ in range(100):
-            self.net = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
+            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
             try:
                 self._take()
                 return
@@ -48,9 +48,11 @@ class _Lab:
 
     def _take(self) -> None:
         self.port = 0
+        self.held: dict[int, socket.socket] = {}
         for n in range(256):
             s = socket.socket()
             self.sockets.append(s)
+            self.held[n] = s
             s.bind((self.addr(n), self.port))
             self.port = s.getsockname()[1]
             if n in OPEN:
@@ -257,3 +259,61 @@ def test_low_descriptor_limit_same_json_results(lab):
         return sorted(line for line in r.stdout.splitlines() if '"result"' in line)
 
     assert results(tight) == results(free) and len(results(free)) == 256
+
+
+# ---------------------------------------------------------- examples/scan.py
+
+@pytest.fixture
+def lab0():
+    """The lab on 127.0.0.0/24, the base the Tcl script would be given."""
+    lb = _Lab("127.0.0")
+    yield lb
+    lb.close()
+
+
+def _example(args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "scan.py"), *args],
+                          capture_output=True, text=True, timeout=30, **kw)
+
+
+def _parray_lines(port: int) -> list[str]:
+    names = sorted(f"127.0.0.{n}" for n in OPEN)      # lsort: 127.0.0.3 < 127.0.0.5 ...
+    width = max(len(n) for n in names) + len("hosts") + 2
+    return [f"{'hosts(' + n + ')':<{width}} = {n} {n} {port}" for n in names]
+
+
+def test_example_scan_prints_parray_lines_of_the_open_hosts(lab0):
+    r = _example(["127.0.0", str(lab0.port)])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == _parray_lines(lab0.port)
+    assert r.stderr == ""
+
+
+def test_example_scan_output_is_what_tcl_parray_prints(lab0, tclsh):
+    values = " ".join(f"127.0.0.{n} {{127.0.0.{n} 127.0.0.{n} {lab0.port}}}" for n in OPEN)
+    tcl = subprocess.run([tclsh], input=f"array set hosts {{{values}}}; parray hosts\n",
+                         capture_output=True, text=True, timeout=10)
+    assert tcl.stdout.splitlines() == _parray_lines(lab0.port)
+
+
+def test_example_scan_with_few_descriptors_waits_for_them(lab0):
+    free = _example(["127.0.0", str(lab0.port)])
+    tight = _example(["127.0.0", str(lab0.port)],
+                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)))
+    assert tight.returncode == 0, tight.stderr
+    assert tight.stdout == free.stdout
+
+
+def test_example_scan_exits_0_with_nothing_open_and_prints_nothing(lab0):
+    for n in OPEN:                  # the listeners go: every address refuses
+        lab0.held[n].close()
+    r = _example(["127.0.0", str(lab0.port)])
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("args", [[], ["127.0.0"], ["127.0.0", "80", "x"],
+                                  ["localhost", "80"], ["127.0.300", "80"], ["127.0.0", "0"]])
+def test_example_scan_usage_error_exits_non_zero(args):
+    r = _example(args)
+    assert r.returncode != 0 and r.stdout == ""
+    assert "usage" in r.stderr or "bad target" in r.stderr
