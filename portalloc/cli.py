@@ -38,6 +38,7 @@ Exit status:
   2    bad usage
   3    the port manager could not be reached, did not answer in time, or
        answered something unexpected
+  4    an internal error (a bug: please report it)
   allocate otherwise exits with COMMAND's status: 128+N if a signal N
   killed it, 126 if it could not be run, 127 if it was not found.
 
@@ -56,15 +57,17 @@ import sys
 from typing import Sequence
 
 from .client import (Allocation, PortAllocationError, PortAllocator, PortManagerError,
-                     PortManagerUnavailable, default_port, login_user)
+                     default_port, login_user)
 from .protocol import format_list
 
-__all__ = ["main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_UNREACHABLE"]
+__all__ = ["main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_UNREACHABLE",
+           "EXIT_INTERNAL"]
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_INTERNAL = 4
 
 _PROG = "portalloc"
 # Signals passed on to COMMAND by `allocate`.
@@ -75,8 +78,9 @@ _SI_KERNEL = 0x80
 
 _EPILOG = """\
 exit status: 0 ok; 1 not found (find) or no port (allocate); 2 bad usage;
-3 port manager unreachable or not answering.  allocate otherwise exits with
-COMMAND's status (128+N if killed by signal N, 126/127 if it can't be run).
+3 port manager unreachable or not answering; 4 internal error.  allocate
+otherwise exits with COMMAND's status (128+N if killed by signal N, 126/127
+if it can't be run).
 """
 
 
@@ -194,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `portalloc list | head`: the reader left; say nothing more.
         _silence_stdout()
         return EXIT_OK
+    except Exception as exc:            # a bug; still one line, no traceback
+        return _fail(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _fail(status: int, message: str) -> int:

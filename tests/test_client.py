@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-import evloop
 from conftest import start_portmgr, wait_for
 from portalloc import client
 from portalloc.client import (Allocation, AsyncPortAllocator, PortAllocationError,
