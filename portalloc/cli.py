@@ -246,9 +246,22 @@ def _list(args: argparse.Namespace) -> int:
 
 def _fields(a: Allocation) -> list[str]:
     """The three fields of an allocation, each quoted as a Tcl list element."""
-    # Quote each one alone: a leading '#' is braced only in a list's first
-    # element, and the port comes first.
-    return [str(a.port), format_list(["", a.application])[3:], format_list(["", a.user])[3:]]
+    return [str(a.port), _element(a.application), _element(a.user)]
+
+
+# Tcl's backslash form of an element, for names braces would leave on two lines.
+_BACKSLASHED = str.maketrans({
+    **{c: "\\" + c for c in '[]$; \\"{}'},
+    "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f", "\v": "\\v",
+})
+
+
+def _element(name: str) -> str:
+    """``name`` quoted as a list element that fits on one line."""
+    if "\n" in name or "\r" in name:
+        return name.translate(_BACKSLASHED)
+    # Quoted as a second element: a leading '#' is braced only in the first.
+    return format_list(["", name])[3:]
 
 
 def _find(args: argparse.Namespace) -> int:

@@ -80,6 +80,7 @@ PORT_FILE_ENV = "PORTALLOC_PORTFILE"
 DEFAULT_TIMEOUT = 10.0          # seconds, for a connect and for each reply
 
 _RECV_SIZE = 65536
+_MAX_ALLOCATION_TEXT = 65536    # an allocation split over lines, at most
 
 
 # ------------------------------------------------------------------ results
@@ -198,16 +199,28 @@ def _list_count(where: str, line: str) -> int:
     raise PortManagerProtocolError(f"unexpected reply from port manager at {where}: {line!r}")
 
 
-def _allocation(where: str, line: str) -> Allocation:
-    """One allocation line of a LIST reply (extra words are ignored)."""
-    words = _parse_words(where, line)
+def _allocation(where: str, text: str) -> Allocation | None:
+    """One allocation of a LIST reply (extra words are ignored), or None if
+    ``text`` ends inside a braced or quoted word and needs the next line.
+
+    A name holding a line break (the manager accepts ``GIMME a\\nb fox``)
+    is listed braced with the line break in it, which splits its allocation
+    over two reply lines; the caller joins them again with ``\\n``.
+    """
+    try:
+        words = parse_list(text)
+    except ValueError as exc:
+        if str(exc).startswith("unmatched open") and len(text) < _MAX_ALLOCATION_TEXT:
+            return None
+        raise PortManagerProtocolError(
+            f"unreadable reply from port manager at {where}: {text!r} ({exc})") from None
     try:
         if len(words) >= 3:
             return Allocation(_port_number(words[0]), words[1], words[2])
     except ValueError:
         pass
     raise PortManagerProtocolError(
-        f"bad allocation line from port manager at {where}: {line!r}")
+        f"bad allocation line from port manager at {where}: {text!r}")
 
 
 def _port_number(word: str) -> int:
@@ -364,9 +377,12 @@ class PortAllocator:
             reply = self._ask(conn, line)
             try:
                 port = _gimme_result(conn.where, application, reply)
-            except PortManagerError:
+            except PortAllocationError:
                 if not conn.ports:
                     self._drop(conn)     # it holds nothing: keep nothing open
+                raise
+            except PortManagerError:
+                self._broken(conn)
                 raise
             conn.ports.append(port)
             _hold(conn)
@@ -381,7 +397,17 @@ class PortAllocator:
             conn = self._connect() if temporary else self._conn
             try:
                 count = _list_count(conn.where, self._ask(conn, "LIST"))
-                return [_allocation(conn.where, self._read(conn)) for _ in range(count)]
+                rows = []
+                for _ in range(count):
+                    text = self._read(conn)
+                    while (row := _allocation(conn.where, text)) is None:
+                        text += "\n" + self._read(conn)
+                    rows.append(row)
+                return rows
+            except PortManagerProtocolError:
+                if not temporary:
+                    self._broken(conn)      # where the next reply starts is unknown
+                raise
             finally:
                 if temporary:
                     conn.close()
@@ -437,7 +463,8 @@ class PortAllocator:
         if conn is self._conn:
             self._conn = None
         if conn.ports:
-            self._stale.append(conn)
+            if conn not in self._stale:
+                self._stale.append(conn)
         else:
             conn.close()
 
@@ -455,7 +482,8 @@ Callback = Callable[[Any, "BaseException | None"], Any]
 class _Request:
     """A request waiting for (or reading) its reply."""
 
-    __slots__ = ("line", "kind", "arg", "callback", "timer", "conn", "count", "rows")
+    __slots__ = ("line", "kind", "arg", "callback", "timer", "conn", "count", "rows",
+                 "partial")
 
     def __init__(self, line: str, kind: str, arg: Any, callback: Callback) -> None:
         self.line = line
@@ -466,6 +494,7 @@ class _Request:
         self.conn: _AsyncConnection | None = None   # whose queue it is in
         self.count: int | None = None   # LIST: lines still to come
         self.rows: list[Allocation] = []
+        self.partial: str | None = None  # LIST: an allocation split over lines
 
 
 class _AsyncConnection:
@@ -595,7 +624,13 @@ class _AsyncConnection:
             if req.count is None:
                 req.count = _list_count(self.where, line)
             else:
-                req.rows.append(_allocation(self.where, line))
+                if req.partial is not None:
+                    line = req.partial + "\n" + line
+                row = _allocation(self.where, line)
+                req.partial = None if row is not None else line
+                if row is None:
+                    return                  # the rest is on the next line
+                req.rows.append(row)
                 req.count -= 1
             if req.count == 0:
                 rows = req.rows

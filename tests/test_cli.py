@@ -119,6 +119,15 @@ def test_list_quotes_awkward_names_so_lines_still_split(portmgr, capsys):
     assert sorted(rows) == sorted([str(p), n, "u v"] for n, p in ports.items())
 
 
+def test_list_keeps_a_name_with_a_line_break_on_one_line(portmgr, capsys):
+    with portmgr.connect() as raw:              # our client won't send one
+        raw.sendall(b"GIMME a\\nb fox\n")
+        assert raw.recv(100).startswith(b"OK ")
+        assert main(["list", "--port", str(portmgr.port)]) == 0
+    rows = [parse_list(line)[1:] for line in capsys.readouterr().out.splitlines()]
+    assert rows == [["a\nb", "fox"]]
+
+
 def test_list_prints_a_header_only_on_a_terminal(portmgr, held):
     master, slave = pty.openpty()
     try:

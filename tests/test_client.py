@@ -363,6 +363,49 @@ def test_garbage_reply_is_a_protocol_error():
     fm.close()
 
 
+def test_an_allocation_split_by_a_line_break_in_its_name_is_joined_again():
+    def script(fm, conn):
+        fm.read_line(conn)
+        conn.sendall(b"OK 2\r\n22001 {a\r\nb} fox\r\n22002 \"c\r\nd\" fox\r\n")
+        conn.recv(1)
+
+    fm = FakeManager(script)
+    assert PortAllocator("127.0.0.1", fm.port).list_ports() == [
+        Allocation(22001, "a\nb", "fox"), Allocation(22002, "c\nd", "fox")]
+    fm.close()
+
+
+def test_a_name_with_an_escaped_line_break_lists_intact(portmgr):
+    # Our client refuses such names, but the manager takes "a\nb" from a
+    # raw client and lists it braced, with the line break inside.
+    with portmgr.connect() as raw:
+        raw.sendall(b"GIMME a\\nb fox\n")
+        assert raw.recv(100).startswith(b"OK ")
+        rows = PortAllocator("localhost", portmgr.port).list_ports()
+    assert [(a.application, a.user) for a in rows] == [("a\nb", "fox")]
+
+
+def test_garbage_in_a_list_on_the_holding_connection_retires_it():
+    release = threading.Event()
+
+    def script(fm, conn):
+        fm.read_line(conn)
+        conn.sendall(b"OK 40001\r\n")
+        fm.read_line(conn)
+        conn.sendall(b"OK 1\r\nnot-a-port x y\r\n")
+        release.wait(10)
+
+    fm = FakeManager(script)
+    pa = PortAllocator("127.0.0.1", fm.port)
+    pa.allocate_port("a")
+    with pytest.raises(PortManagerProtocolError, match="bad allocation line"):
+        pa.list_ports()
+    assert pa.ports == [40001] and pa._conn is None
+    release.set()
+    pa.release()
+    fm.close()
+
+
 def test_fail_reply_of_a_remote_refusal_keeps_the_whole_reason():
     reason = "10.0.0.2 (10.0.0.2) : Only local applications get ports"
 
@@ -502,6 +545,21 @@ def test_async_no_free_ports(loop, tmp_path):
         pa.release()
     finally:
         pm.stop()
+
+
+def test_async_list_joins_an_allocation_split_over_lines(loop):
+    def script(fm, conn):
+        fm.read_line(conn)
+        conn.sendall(b"OK 2\r\n22001 {a\r\nb} fox\r\n22002 c fox\r\n")
+        conn.recv(1)
+
+    fm = FakeManager(script)
+    pa = AsyncPortAllocator("127.0.0.1", fm.port, loop)
+    results = []
+    pa.list_ports(lambda r, e: results.append((r, e)))
+    run_until(loop, results, 1)
+    assert results == [([Allocation(22001, "a\nb", "fox"), Allocation(22002, "c", "fox")], None)]
+    fm.close()
 
 
 def test_async_timeout_of_a_silent_manager(loop):
