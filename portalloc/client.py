@@ -36,11 +36,19 @@ NSCLDAQ server (``DaqPortManager``, Tcl): requests end in ``\\n`` and go out in
 one ``send`` (the original rejects a request split across TCP segments);
 replies end in ``\\r\\n``, but ``\\n`` alone is accepted too.  Unlike the
 original clients we quote the application name, so ``my app`` does not spill
-into the user field.  A name holding a line break cannot be sent at all (the
-manager reads one request per line, and its LIST reply would break the same
-way): `ValueError`.  When one ``(user, application)`` holds several ports,
-LIST names them ``app``, ``app_1``, ``app_2``, ...; `find_server` therefore
-finds the first port of a service.
+into the user field.  A name holding a line break is refused with
+`ValueError` before anything is sent: the manager reads one request per line,
+and lists such a name braced with the line break inside, splitting its LIST
+line in two.  (Other clients can register one with ``a\\nb``; we join such
+split lines again when we read LIST.)  When one ``(user, application)``
+holds several ports, LIST names them ``app``, ``app_1``, ``app_2``, ...;
+`find_server` therefore finds the first port of a service.
+
+Timeouts: every wait (connect, each reply) is bounded by ``timeout``
+(`DEFAULT_TIMEOUT`, 10 s).  After a timeout a late reply could be taken for
+the answer to the next request, so the connection is not used again; if it
+holds ports it is left open (the ports stay ours, until ``release()``) and
+the next request opens a new one.
 
 Finding the manager: ``port=None`` means the first line of the file named by
 the environment variable ``PORTALLOC_PORTFILE`` if set, else of
