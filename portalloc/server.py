@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -66,7 +67,7 @@ import signal
 import socket
 import struct
 import sys
-from pathlib import Path
+import time
 from typing import Any, Callable, Sequence
 
 import evloop
@@ -95,6 +96,7 @@ _USAGE_RETRY_MS = 1000         # retry a usage file that could not be written
 _LINGER_ABORT = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close sends RST
 
 
+@functools.lru_cache(maxsize=1024)    # peers repeat; parsing costs microseconds
 def is_loopback(host: str) -> bool:
     """True if ``host`` is a numeric loopback address.
 
@@ -126,6 +128,33 @@ def _show(name: str) -> str:
     return name if name.isprintable() and name else repr(name)
 
 
+def _probe(port: int) -> bool:
+    """`probe_port` in one bind instead of two where the host has IPv6.
+
+    An IPv6 wildcard bind with ``IPV6_V6ONLY`` off conflicts with every
+    IPv4 and IPv6 socket on the port, exactly the sockets `probe_port`'s two
+    binds look for, so one socket answers for both (like it, no
+    ``SO_REUSEADDR``).  Where IPv6 is missing, `probe_port` decides.
+    """
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError as exc:
+        if exc.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            return probe_port(port)
+        raise
+    with sock:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
+                return False
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return probe_port(port)      # IPv6 present but not usable
+            raise
+    return True
+
+
 class _Client:
     """One connection: its channel, peer and the ports it holds."""
 
@@ -145,7 +174,8 @@ class PortManagerServer:
     ``pool``); ``port=0`` picks a free listen port (see `.port`); ``host``
     is as for `evloop.server` (``""``: every address, IPv4 and IPv6).
     ``usage_file`` is rewritten atomically after every change.  ``probe``
-    tests a port before it is handed out (None: trust the pool alone).
+    tests a port before it is handed out (default: a bind, as
+    `probe_port`; None: trust the pool alone).
     Binds at once; raises OSError if the address can't be had.  Runs on
     ``loop`` (default: the calling thread's); `close` stops it.
     """
@@ -153,7 +183,7 @@ class PortManagerServer:
     def __init__(self, ports: tuple[int, int] = DEFAULT_PORTS, port: int = DEFAULT_LISTEN,
                  host: str = "", usage_file: str | os.PathLike[str] | None = None,
                  loop: evloop.Loop | None = None, *, pool: PortPool | None = None,
-                 probe: Callable[[int], bool] | None = probe_port,
+                 probe: Callable[[int], bool] | None = _probe,
                  max_line: int = MAX_LINE, output_limit: int = OUTPUT_LIMIT) -> None:
         self.loop = loop if loop is not None else evloop.get_loop()
         self.pool = pool if pool is not None else PortPool(ports[0], ports[1], probe=probe)
@@ -497,6 +527,53 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _LogFormatter(logging.Formatter):
+    """``2026-11-22 05:28:17,480 INFO message``, the date made once a second."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
+class _LogHandler(logging.FileHandler):
+    """A log file flushed when the loop is idle rather than after every line.
+
+    Under load a line per connection, allocation and release would cost a
+    write() each; this way the file's buffer fills and is written in blocks,
+    and whatever is left goes out as soon as the loop has nothing to do.
+    Warnings and errors are written at once.
+    """
+
+    def __init__(self, path: str, loop: evloop.Loop) -> None:
+        super().__init__(path, "a", encoding="utf-8")
+        self._loop = loop
+        self._flush_due = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            self.flush()                   # trouble is written at once
+        elif not self._flush_due:
+            self._flush_due = True
+            self._loop.after_idle(self._idle_flush)
+
+    def _idle_flush(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+
 def _usable(path: str | None, default: str, what: str) -> str:
     """The path to use: an explicit one as given (its directory made), or the
     default, or the same name under ~/.daqportmgr when the default's
@@ -518,7 +595,11 @@ def _usable(path: str | None, default: str, what: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGTERM or SIGINT; returns the exit status."""
+    """Run the server until SIGTERM or SIGINT; returns the exit status.
+
+    Bad options exit 2 (one line on stderr); a file or listen address that
+    can't be had returns 1; a signalled shutdown returns 0.
+    """
     args = _parser().parse_args(argv)
     prog = "portalloc-server"
     try:
@@ -526,17 +607,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_path = _usable(args.usagefile, DEFAULT_USAGEFILE, "usage file")
         port_path = _usable(args.portfile, DEFAULT_PORTFILE, "port file")
         pid_path = _usable(args.pidfile, DEFAULT_PIDFILE, "pid file")
-        handler = logging.FileHandler(log_path, "a", encoding="utf-8")
+        loop = evloop.Loop()
     except OSError as exc:
         print(f"{prog}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    try:
+        handler = _LogHandler(log_path, loop)
+    except OSError as exc:
+        print(f"{prog}: {log_path}: {exc.strerror or exc}", file=sys.stderr)
+        loop.close()
+        return 1
+    # Records need no caller, thread or process: skip the work of finding them.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler.setFormatter(_LogFormatter())
     root = logging.getLogger("portalloc")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-
-    loop = evloop.Loop()
+    previous_loop = getattr(evloop.loop._local, "loop", None)
     evloop.set_loop(loop)
+    try:
+        return _serve(args, loop, usage_path, port_path, pid_path, prog)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        evloop.set_loop(previous_loop)
+        loop.close()
+
+
+def _serve(args: argparse.Namespace, loop: evloop.Loop, usage_path: str,
+           port_path: str, pid_path: str, prog: str) -> int:
     try:
         server = PortManagerServer(args.ports, args.listen, args.host, usage_path, loop)
     except (OSError, ValueError) as exc:
@@ -545,15 +645,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         log.error("Cannot listen on %s: %s", where, exc)
         return 1
-    try:
-        _write_atomically(port_path, f"{server.port}\n")
-        _write_atomically(pid_path, f"{os.getpid()}\n")
-    except OSError as exc:
-        print(f"{prog}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
-        server.close()
-        return 1
-    log.info("Port manager (pid %d) listening on %s port %d, handing out ports %d-%d",
-             os.getpid(), args.host or "*", server.port, args.ports[0], args.ports[1])
 
     def stop(signame: str) -> None:
         log.info("%s received: shutting down", signame)
@@ -562,16 +653,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop.on_signal(signal.SIGTERM, stop, "SIGTERM")
     loop.on_signal(signal.SIGINT, stop, "SIGINT")
     try:
+        # The pid file first: the listen port file says "ready" to whoever
+        # waits for it, and by then everything else is in place.
+        _write_atomically(pid_path, f"{os.getpid()}\n")
+        _write_atomically(port_path, f"{server.port}\n")
+    except OSError as exc:
+        print(f"{prog}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        status = 1
+    else:
+        log.info("Port manager (pid %d) listening on %s port %d, handing out ports %d-%d",
+                 os.getpid(), args.host or "*", server.port, args.ports[0], args.ports[1])
         loop.run()
+        status = 0
     finally:
         server.close()
+        loop.on_signal(signal.SIGTERM, None)
+        loop.on_signal(signal.SIGINT, None)
         try:
             os.unlink(pid_path)
         except OSError:
             pass
-        log.info("Port manager stopped")
-        loop.close()
-    return 0
+    log.info("Port manager stopped")
+    return status
 
 
 if __name__ == "__main__":

@@ -343,6 +343,7 @@ def test_port_is_freed_when_the_client_closes(portmgr) -> None:
     peer.sock.shutdown(socket.SHUT_WR)           # EOF while still reading
     assert peer.rest_until_closed() == b""
     wait_released(portmgr, port)
+    portmgr.stop()                               # routine lines are flushed lazily
     assert f"Port {port} was released by app run by fox" in portmgr.paths.log.read_text()
 
 
