@@ -389,6 +389,45 @@ def test_a_descriptor_closed_and_reused_in_the_same_pass_drops_the_stale_event(l
             s.close()
 
 
+@pytest.mark.xfail(strict=True, reason="evloop bug: Loop._watch_output reuses the stale "
+                   "watch of a socket closed without removing its handler")
+def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on_its_fd(loop):
+    # The user closes a raw socket without removing its handler first (the
+    # loop cannot see that).  A Channel that gets the same descriptor number
+    # and has more output than the socket takes must still drain it, and the
+    # old handler must never run.
+    a, b = socket.socketpair()
+    old_calls = []
+    loop.fileevent(a, "readable", old_calls.append, "old")
+    fd = a.fileno()
+    a.close()
+    b.close()
+    s1, s2 = socket.socketpair()
+    new, peer = (s1, s2) if s1.fileno() == fd else (s2, s1)
+    assert new.fileno() == fd
+    ch = evloop.Channel(new, loop)
+    try:
+        payload = b"y" * (4 * 1024 * 1024)
+        ch.configure(encoding="binary")
+        ch.puts(payload, newline=False)
+        ch.flush()
+        peer.setblocking(False)
+        received = bytearray()
+
+        def pull():
+            try:
+                received.extend(peer.recv(1 << 20))
+            except BlockingIOError:
+                pass
+            return len(received) == len(payload)
+
+        wait_for(loop, pull, timeout=3)
+        assert old_calls == []
+    finally:
+        ch.close(force=True)
+        peer.close()
+
+
 def test_fileevent_on_a_closed_channel_is_refused(loop, pair):
     a, _ = pair
     ch = evloop.Channel(a, loop)

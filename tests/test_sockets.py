@@ -589,3 +589,25 @@ def test_accept_at_the_descriptor_limit_does_not_spin_and_resumes():
     assert report["cpu"] < 0.2, f"{report['cpu']:.2f} s of CPU in 0.5 s: accept spins"
     assert report["served"] == 5
     assert report["replies"] == ["welcome\n"] * 5
+
+
+# ------------------------------------------------------------ loop=argument
+
+def test_server_and_open_async_use_the_loop_they_are_given(loop):
+    other = evloop.Loop()
+    try:
+        peers = []
+        srv = evloop.server(lambda ch, h, p: peers.append(ch), 0, "127.0.0.1", loop=other)
+        client = evloop.open_async("127.0.0.1", srv.port, loop=other)
+
+        loop.update()                      # the thread's loop knows nothing of them
+        assert peers == []
+        assert loop.fileevent(srv.sock, "readable") is None
+
+        wait_for(other, lambda: peers)
+        assert peers[0].configure()["blocking"] is False
+        peers[0].close()
+        client.close()
+        srv.close()
+    finally:
+        other.close()
