@@ -692,3 +692,15 @@ def test_ten_thousand_holders_fit_in_64_mb(tmp_path) -> None:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         no_stderr(pm)
+
+
+def test_an_unwritable_default_path_falls_back_to_the_home_directory(tmp_path, monkeypatch) -> None:
+    from portalloc.server import _usable
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")                       # a file where the directory should be
+    got = _usable(None, str(blocker / "listen.port"), "port file")
+    assert got == str(tmp_path / "home" / ".daqportmgr" / "listen.port")
+    assert (tmp_path / "home" / ".daqportmgr").is_dir()
+    with pytest.raises(OSError):                 # an explicit path does not fall back
+        _usable(str(blocker / "listen.port"), "/unused", "port file")
