@@ -413,8 +413,6 @@ def _guard(loop: evloop.Loop, var: evloop.Var, seconds: float) -> threading.Time
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(strict=True, reason="evloop bug: timers popped for a pass do not "
-                   "run in a vwait nested inside an earlier timer of that pass")
 def test_vwait_inside_a_timer_is_woken_by_a_timer_due_in_the_same_pass(floop, clock):
     # Tcl: after 0 {vwait v}; after 0 {set v 1} -- the second timer runs inside
     # the first one's vwait (Tcl takes timers off its list one at a time).
@@ -430,8 +428,6 @@ def test_vwait_inside_a_timer_is_woken_by_a_timer_due_in_the_same_pass(floop, cl
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(strict=True, reason="evloop bug: idle callbacks taken for a round do "
-                   "not run in a vwait nested inside an earlier one of that round")
 def test_vwait_inside_an_idle_callback_is_woken_by_the_next_idle_callback(floop):
     var, seen = evloop.Var(), []
     floop.after_idle(lambda: seen.append(floop.vwait(var)))
@@ -442,3 +438,58 @@ def test_vwait_inside_an_idle_callback_is_woken_by_the_next_idle_callback(floop)
     guard.cancel()
 
     assert seen == ["set by the second idle callback"]
+
+
+def test_keyboard_interrupt_out_of_a_timer_loses_no_other_due_timer(floop, clock):
+    fired = []
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    floop.after(1, fired.append, "before")
+    floop.after(1, interrupt)
+    floop.after(1, fired.append, "after")
+    clock.advance(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        floop.update()
+    assert fired == ["before"]
+
+    floop.update()
+    assert fired == ["before", "after"]
+    assert floop.after_info() == []
+
+
+def test_keyboard_interrupt_out_of_an_idle_callback_loses_no_other_idle_callback(floop):
+    fired = []
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    floop.after_idle(interrupt)
+    floop.after_idle(fired.append, "still runs")
+
+    with pytest.raises(KeyboardInterrupt):
+        floop.update()
+    assert floop.after_info() != []
+
+    floop.update()
+    assert fired == ["still runs"]
+
+
+def test_cancelling_a_timer_due_in_the_same_pass_keeps_the_heap_sound(floop, clock):
+    # Timers cancelled after being taken off the heap for running must not
+    # upset the heap's count of dead entries (ordering keeps working).
+    fired = []
+    for _ in range(300):
+        victims = [floop.after(1, fired.append, "victim") for _ in range(3)]
+        floop.after(0, lambda v=victims: [floop.after_cancel(t) for t in v])
+    clock.advance(1)
+    floop.update()                 # each canceller runs before its victims
+    assert fired == []
+
+    later = [floop.after(n, fired.append, n) for n in (30, 10, 20)]
+    clock.advance(30)
+    floop.update()
+    assert fired[-3:] == [10, 20, 30]
+    assert all(not t.pending for t in later)
