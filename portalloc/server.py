@@ -21,7 +21,7 @@ line end arrives (the original answered each fragment ``Invalid request``).
 While no line is complete, the bytes buffered are checked against a cap, so
 a client that never sends a line end cannot make us buffer without bound.
 Each line is parsed as a Tcl list, as the original's ``lindex`` did, and its
-first word chosen the command: ``GIMME app user`` reserves a port from the
+first word chooses the command: ``GIMME app user`` reserves a port from the
 `PortPool` (which bind-probes it and hands out least-recently-released
 ports first), ``LIST`` answers from a cached rendering of the table, and
 anything else -- including a malformed list, which silently killed the

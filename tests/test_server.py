@@ -8,7 +8,6 @@ the test's own loop, pumped with ``loop.update()``.
 
 from __future__ import annotations
 
-import errno
 import os
 import resource
 import select
