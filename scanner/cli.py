@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
-import time
 from typing import Any, TextIO
 
 import evloop
@@ -80,14 +80,8 @@ def _split_ports(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
         if args.ports is None:
             # scan.tcl's "BASE PORT": a last argument that is a port list and
             # cannot be a target (a bare number is never a host name).
-            if len(spec) < 2:
+            if len(spec) < 2 or _is_target(spec[-1]):
                 raise ValueError("no ports given: use -p PORTS")
-            try:
-                Targets(spec[-1])
-                raise ValueError("no ports given: use -p PORTS")
-            except ValueError as exc:
-                if "no ports given" in str(exc):
-                    raise
             ports = parse_ports(spec.pop())
         else:
             ports = parse_ports(args.ports)
@@ -99,6 +93,14 @@ def _split_ports(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
     if args.concurrency is not None and args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, not {args.concurrency}")
     return targets, ports
+
+
+def _is_target(text: str) -> bool:
+    try:
+        Targets(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _target(r: Result) -> str:
@@ -250,6 +252,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         loop.after_cancel(ticker[0])
         loop.close()
     output.summary(interrupted)
+    if output.broken:
+        # The reader went away (``| head``): the scan was stopped; keep the
+        # interpreter's final flush from complaining about the pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     if interrupted:
         return 130
     return 0 if scanner.counts[OPEN] else 1

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import resource
 import time
 from collections import deque
@@ -102,6 +101,8 @@ MAX_CONCURRENCY = 4096
 _HEADROOM = 32
 # With nothing in flight and no descriptor to be had, try again this soon.
 _RETRY_MS = 20
+# Connects started per loop pass while filling the slots from a timer.
+_BATCH = 256
 # After a shortage, one more slot per this many results.
 _REGROW_EVERY = 8
 
@@ -284,21 +285,28 @@ class Scanner:
     # ---------------------------------------------------------- the queue
 
     def _refill(self) -> None:
-        """Timer entry point: after a shortage with nothing in flight."""
+        """Timer entry point: the start, and after a shortage with nothing
+        in flight.  Starts at most `_BATCH` connects, then lets the loop
+        poll (so the first results come while the slots are still being
+        filled) and comes back."""
         self._kick = None
         if self._limit < 1:
             self._limit = 1
-        self._fill()
+        self._fill(self._busy + _BATCH)
+        if (self._kick is None and not self.finished and self._busy < self._limit
+                and (self._ready or not self._exhausted)):
+            self._kick = self.loop.after(0, self._refill)
 
-    def _fill(self) -> None:
-        """Start connects until the slots are full or the queue is empty;
-        finish when nothing is left anywhere."""
+    def _fill(self, upto: int | None = None) -> None:
+        """Start connects until the slots are full (or ``upto`` are busy)
+        or the queue is empty; finish when nothing is left anywhere."""
         if self._filling or self.finished:
             return
         self._filling = True
         ready = self._ready
+        limit = self._limit if upto is None else min(upto, self._limit)
         try:
-            while self._busy < self._limit and not self.finished:
+            while self._busy < limit and not self.finished:
                 if ready:
                     host, port, name = ready.popleft()
                 elif self._exhausted:
@@ -315,6 +323,7 @@ class Scanner:
                     name = None
                 if not self._connect(host, port, name):
                     break                       # out of descriptors
+                limit = min(limit, self._limit)
         finally:
             self._filling = False
         if self._busy == 0 and not self.finished:
@@ -332,7 +341,7 @@ class Scanner:
         except OSError as exc:
             if exc.errno in _NO_RESOURCES:
                 self._ready.appendleft((host, port, name))
-                self._limit = max(1, self._busy) if self._busy else 0
+                self._limit = self._busy    # what fits; 0 waits for _refill
                 self._credit = 0
                 return False
             # No socket for this address at all (EAFNOSUPPORT: no IPv6 here).
@@ -386,7 +395,7 @@ class Scanner:
             detail = _message(err)
         ch.close(force=True)
         self._complete(host, port, state, detail, name)
-        self._fill()
+        self._fill(self._busy + 2)     # replace itself, and grow
 
     def _on_timeout(self, ch: Channel, host: str, port: int, name: str | None) -> None:
         del self._flight[ch]
@@ -399,7 +408,7 @@ class Scanner:
             self._complete(host, port, TIMEOUT, f"no answer within {self.timeout:g} s", name)
         else:
             self._complete(host, port, classify(err), _message(err), name)
-        self._fill()
+        self._fill(self._busy + 2)
 
     def _complete(self, host: str, port: int, state: str, detail: str,
                   name: str | None) -> None:

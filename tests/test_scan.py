@@ -24,7 +24,7 @@ import pytest
 
 import evloop
 import scanner.scan as scan_mod
-from scanner.scan import (MAX_CONCURRENCY, Result, Scanner, classify,
+from scanner.scan import (MAX_CONCURRENCY, Scanner, classify,
                           default_concurrency, scan)
 from scanner.targets import Targets
 

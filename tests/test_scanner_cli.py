@@ -79,8 +79,9 @@ def lab():
 
 def _run(args, **kw):
     kw.setdefault("timeout", 30)
-    return subprocess.run([sys.executable, "-m", "scanner", *args], cwd=ROOT,
-                          capture_output=True, text=True, **kw)
+    if "stdout" not in kw:
+        kw["capture_output"] = True
+    return subprocess.run([sys.executable, "-m", "scanner", *args], cwd=ROOT, text=True, **kw)
 
 
 # --------------------------------------------------------------- exit status
@@ -317,3 +318,17 @@ def test_example_scan_usage_error_exits_non_zero(args):
     r = _example(args)
     assert r.returncode != 0 and r.stdout == ""
     assert "usage" in r.stderr or "bad target" in r.stderr
+
+
+def test_closed_pipe_stops_the_scan_without_a_traceback(lab):
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    r = _run([f"{lab.net}.0/24", "-p", str(lab.port), "--timeout", "20"], stdout=reader.stdin,
+             stderr=subprocess.PIPE)
+    reader.stdin.close()
+    first = reader.stdout.read().decode()
+    reader.stdout.close()
+    reader.wait(timeout=10)
+    assert len(first.splitlines()) == 1
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    assert r.returncode in (0, 1)
