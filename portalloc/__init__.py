@@ -1,0 +1,39 @@
+"""portalloc: the NSCLDAQ TCP port manager, wire-compatible with the original.
+
+A local server asks the manager for a port to listen on (``GIMME``), holds
+it as long as its connection to the manager lives, and loses it the moment
+that connection drops.  Anyone may ask which ports are in use (``LIST``).
+
+Modules, in the order a newcomer might read them:
+
+- `portalloc.protocol`: Tcl list quoting, as tclsh does it (the wire format).
+- `portalloc.pool`: `PortPool`, the ports a manager hands out (bind probe,
+  least-recently-released order).
+- `portalloc.server`: `PortManagerServer` on evloop, and the
+  ``portalloc-server`` command (``python -m portalloc.server``).
+- `portalloc.client`: `PortAllocator` (blocking) and `AsyncPortAllocator`
+  (callbacks, for evloop programs).
+- `portalloc.cli`: the ``portalloc list|find|allocate`` command line.
+
+::
+
+    from portalloc import PortAllocator
+
+    port = PortAllocator().allocate_port("myserver")   # held until exit
+"""
+
+from __future__ import annotations
+
+from .client import (Allocation, AsyncPortAllocator, PortAllocationError, PortAllocator,
+                     PortManagerError, PortManagerProtocolError, PortManagerUnavailable)
+from .pool import PoolError, PoolExhausted, PortPool, PortUnavailable
+from .protocol import format_list, parse_list
+from .server import PortManagerServer
+
+__all__ = [
+    "PortAllocator", "AsyncPortAllocator", "Allocation",
+    "PortManagerError", "PortAllocationError", "PortManagerUnavailable",
+    "PortManagerProtocolError",
+    "PortPool", "PoolError", "PoolExhausted", "PortUnavailable",
+    "PortManagerServer", "format_list", "parse_list",
+]

@@ -1,0 +1,157 @@
+"""Fixtures every test area shares: a fresh loop, the test subnet, tclsh.
+
+Each area (evloop, portalloc, scanner) may add its own fixtures below in a
+section of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The shared/ folder (testnet and the design documents) sits beside the
+# clone: ../shared from the repository root.  TESTNET_DIR overrides it.
+TESTNET_DIR = Path(os.environ.get("TESTNET_DIR", ROOT.parent / "shared" / "testnet"))
+
+import evloop  # noqa: E402
+
+
+@pytest.fixture
+def loop():
+    """A fresh Loop, made the thread's default for the test, closed after."""
+    previous = getattr(evloop.loop._local, "loop", None)
+    lp = evloop.Loop()
+    evloop.set_loop(lp)
+    yield lp
+    evloop.set_loop(previous)
+    lp.close()
+
+
+def wait_for(loop: evloop.Loop, predicate, timeout: float = 5.0) -> None:
+    """Run ``loop`` until ``predicate()`` is true; fail after ``timeout`` s."""
+    expired = evloop.Var(False)
+    timer = loop.after(timeout * 1000, expired.set, True)
+    try:
+        while not predicate():
+            if expired.get():
+                pytest.fail(f"condition not met within {timeout} s")
+            loop.run_once(0.05)
+    finally:
+        loop.after_cancel(timer)
+
+
+@pytest.fixture(scope="session")
+def tclsh() -> str:
+    """Path of tclsh 8.6, or skip."""
+    path = shutil.which("tclsh8.6") or shutil.which("tclsh")
+    if path is None:
+        pytest.skip("tclsh is not installed")
+    return path
+
+
+def _import_testnet():
+    if not (TESTNET_DIR / "testnet.py").exists():
+        pytest.skip(f"no testnet at {TESTNET_DIR}")
+    sys.path.insert(0, str(TESTNET_DIR))
+    import testnet
+    return testnet
+
+
+@pytest.fixture(scope="session")
+def testnet_module():
+    """The shared/testnet library (skip where it is missing)."""
+    return _import_testnet()
+
+
+@pytest.fixture(scope="session")
+def tnet(testnet_module):
+    """A sealed test subnet (open/closed/silent/unreachable hosts) for the
+    whole session; skips where network namespaces can't be made."""
+    name = f"pytest{os.getpid()}"
+    try:
+        desc = testnet_module.up(name)
+    except testnet_module.Unavailable as exc:
+        pytest.skip(f"test subnet unavailable: {exc}")
+    yield desc
+    testnet_module.down(name)
+
+
+# --- portalloc server fixture ---
+# A real `python -m portalloc.server` subprocess on a free listen port, its
+# files in the test's tmp_path.  `start_portmgr(tmp_path, ...)` starts one
+# with other options; the `portmgr` fixture starts one with the defaults.
+
+import signal as _pm_signal
+import socket as _pm_socket
+import subprocess as _pm_subprocess
+import time as _pm_time
+from types import SimpleNamespace as _PmNamespace
+
+
+class PortManagerProcess:
+    """A running port manager: ``.port`` (its listen port), ``.proc`` (the
+    Popen), ``.paths`` (``portfile``, ``usagefile``, ``log``, ``pidfile``:
+    Paths), ``.low``/``.high`` (the range it hands out)."""
+
+    def __init__(self, proc, port, paths, low, high):
+        self.proc, self.port, self.paths = proc, port, paths
+        self.low, self.high = low, high
+
+    def connect(self, host: str = "127.0.0.1", timeout: float = 5.0) -> _pm_socket.socket:
+        """A blocking client socket connected to the server."""
+        return _pm_socket.create_connection((host, self.port), timeout=timeout)
+
+    def stop(self, sig: int = _pm_signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the server and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def usage(self) -> str:
+        return self.paths.usagefile.read_text()
+
+
+def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
+                  timeout: float = 10.0, prefix=(), **popen) -> PortManagerProcess:
+    """Start ``python -m portalloc.server --listen 0`` with every file under
+    ``tmp_path``; wait until it has written its listen port.  ``extra`` are
+    more options; ``prefix`` is put before the command (``ip netns exec
+    NS``); ``popen`` goes to Popen (stderr is a pipe unless given)."""
+    paths = _PmNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
+                         log=tmp_path / "portmanager.log", pidfile=tmp_path / "portmgr.pid")
+    argv = [*prefix, sys.executable, "-m", "portalloc.server", "--listen", "0", "--ports", ports,
+            "--portfile", str(paths.portfile), "--usagefile", str(paths.usagefile),
+            "--log", str(paths.log), "--pidfile", str(paths.pidfile), *extra]
+    popen.setdefault("cwd", str(ROOT))
+    popen.setdefault("stderr", _pm_subprocess.PIPE)
+    proc = _pm_subprocess.Popen(argv, **popen)
+    deadline = _pm_time.monotonic() + timeout
+    # The port file is written atomically once the server listens.
+    while not paths.portfile.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"port manager exited with {proc.returncode}: {err}")
+        if _pm_time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("port manager did not start")
+        _pm_time.sleep(0.01)
+    low, high = (int(x) for x in ports.split("-"))
+    return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
+
+
+@pytest.fixture
+def portmgr(tmp_path):
+    """A port manager subprocess (ports 21001-21100, listen port picked by
+    the kernel); killed after the test if still running."""
+    pm = start_portmgr(tmp_path)
+    yield pm
+    if pm.proc.poll() is None:
+        pm.proc.kill()
+    pm.proc.wait(10)
+    if pm.proc.stderr:
+        pm.proc.stderr.close()
