@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout
 
 import evloop  # noqa: E402
-from portalloc import AsyncPortAllocator, PortManagerServer  # noqa: E402
+from portalloc import AsyncPortAllocator  # noqa: E402
+from portalloc.server import PortManagerServer  # noqa: E402
 from scanner import Scanner  # noqa: E402
 
 RANGE = (47001, 47020)          # the ports the demo's manager hands out

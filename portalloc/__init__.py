@@ -10,7 +10,9 @@ Modules, in the order a newcomer might read them:
 - `portalloc.pool`: `PortPool`, the ports a manager hands out (bind probe,
   least-recently-released order).
 - `portalloc.server`: `PortManagerServer` on evloop, and the
-  ``portalloc-server`` command (``python -m portalloc.server``).
+  ``portalloc-server`` command (``python -m portalloc.server``).  Import it
+  from there: the package does not load the server, so that
+  ``python -m portalloc.server`` runs it as a fresh module.
 - `portalloc.client`: `PortAllocator` (blocking) and `AsyncPortAllocator`
   (callbacks, for evloop programs).
 - `portalloc.cli`: the ``portalloc list|find|allocate`` command line.
@@ -28,12 +30,11 @@ from .client import (Allocation, AsyncPortAllocator, PortAllocationError, PortAl
                      PortManagerError, PortManagerProtocolError, PortManagerUnavailable)
 from .pool import PoolError, PoolExhausted, PortPool, PortUnavailable
 from .protocol import format_list, parse_list
-from .server import PortManagerServer
 
 __all__ = [
     "PortAllocator", "AsyncPortAllocator", "Allocation",
     "PortManagerError", "PortAllocationError", "PortManagerUnavailable",
     "PortManagerProtocolError",
     "PortPool", "PoolError", "PoolExhausted", "PortUnavailable",
-    "PortManagerServer", "format_list", "parse_list",
+    "format_list", "parse_list",
 ]
