@@ -23,10 +23,12 @@ from pathlib import Path
 import pytest
 
 import evloop
-import scanner.scan as scan_mod
 from scanner.scan import (MAX_CONCURRENCY, Scanner, classify,
                           default_concurrency, scan)
 from scanner.targets import Targets
+
+# The module, not the function that the package exports under the same name.
+scan_mod = sys.modules["scanner.scan"]
 
 from conftest import wait_for
 
