@@ -10,6 +10,7 @@ the others (refused).  The test subnet (`tnet`) gives the remaining kinds.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import random
@@ -23,12 +24,15 @@ from pathlib import Path
 import pytest
 
 import evloop
-import scanner.scan as scan_mod
 from scanner.scan import (MAX_CONCURRENCY, Scanner, classify,
                           default_concurrency, scan)
 from scanner.targets import Targets
 
 from conftest import wait_for
+
+# The package exports the function scan() under the module's own name, so
+# ``import scanner.scan as m`` gives the function; the module is looked up.
+scan_mod = importlib.import_module("scanner.scan")
 
 ROOT = Path(__file__).resolve().parent.parent
 
