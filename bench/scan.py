@@ -9,7 +9,10 @@ A benchmark, not a test.  Every run is a fresh process timed by wall clock
   ``asyncio.open_connection`` under ``asyncio.wait_for``, bounded by an
   ``asyncio.Semaphore`` of the same size as evloop's default concurrency;
 - ``nmap -sT -n`` (with its host discovery) and ``nmap -sT -n -Pn``, where
-  nmap is installed (``-n``: no reverse DNS, which would leave the machine).
+  nmap is installed (``-n``: no reverse DNS, which would leave the machine),
+  with the same timeout (``--max-rtt-timeout``) and the same parallelism
+  (``--min-parallelism``/``--max-parallelism``: evloop's default
+  concurrency).
 
 Workloads, one port each:
 
@@ -132,7 +135,10 @@ def _impls(have_nmap: bool, port: int, timeout: float) -> dict[str, object]:
         "asyncio": ours("asyncio"),
     }
     if have_nmap:
-        rtt = ["--max-rtt-timeout", f"{int(timeout * 1000)}ms"]
+        from scanner.scan import default_concurrency
+        parallelism = str(default_concurrency())
+        rtt = ["--max-rtt-timeout", f"{int(timeout * 1000)}ms",
+               "--min-parallelism", parallelism, "--max-parallelism", parallelism]
         impls["nmap -sT -n"] = lambda t: (["nmap", "-sT", "-n", *rtt, "-p", str(port),
                                            "-oG", "-", t], "nmap")
         impls["nmap -sT -n -Pn"] = lambda t: (["nmap", "-sT", "-n", "-Pn", *rtt, "-p", str(port),

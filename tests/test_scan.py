@@ -150,6 +150,33 @@ def test_silent_targets_time_out_together_not_one_after_another(lab):
     assert 0.5 <= elapsed < 0.5 * 1.5
 
 
+def test_a_connect_started_while_others_wait_gets_its_whole_timeout(lab, loop):
+    # Two slots: the silent .12 and the open .3 start together; .3 answers
+    # and frees its slot for the silent .13, which must not time out with
+    # .12 (timeouts are shared per batch of connects, see scanner.scan).
+    timeout = 0.4
+    seen: list = []
+    s = Scanner([lab.addr(12), lab.addr(3), lab.addr(13)], lab.port, timeout=timeout,
+                concurrency=2, loop=loop,
+                on_result=lambda r: seen.append((r.host, r.state, time.monotonic())))
+    s.start()
+    wait_for(loop, lambda: s.finished)
+    (h1, st1, t_open), (h2, st2, t12), (h3, st3, t13) = seen
+    assert [(h1, st1), (h2, st2), (h3, st3)] == [
+        (lab.addr(3), "open"), (lab.addr(12), "timeout"), (lab.addr(13), "timeout")]
+    assert t13 - t_open >= timeout
+    assert t13 - t_open < timeout * 1.5
+
+
+def test_timeouts_need_a_few_timers_not_one_per_connect(lab, loop):
+    s = Scanner([lab.addr(n) for n in lab.SILENT], lab.port, timeout=0.3, loop=loop)
+    s.start()
+    wait_for(loop, lambda: s.in_flight == len(lab.SILENT))
+    assert len(loop.after_info()) <= 2
+    wait_for(loop, lambda: s.finished)
+    assert s.counts["timeout"] == len(lab.SILENT) and loop.after_info() == []
+
+
 def test_many_ports_every_pair_reported_once(lab):
     ports = [lab.port, 1, 2]      # ports 1 and 2: nobody listens on 127/8 there...
     results = list(scan(f"{lab.net}.0-7", ports, timeout=1.0))
