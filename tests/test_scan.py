@@ -432,3 +432,17 @@ def test_testnet_low_descriptor_limit_gives_the_same_results(tnet, testnet_modul
         tnet["name"], [sys.executable, "-c", _CHILD, "64", tnet["subnet"], "80", "1000", "0.5"],
         capture_output=True, text=True, timeout=30, cwd=ROOT, check=True)
     assert sorted(json.loads(line) for line in out.stdout.splitlines()) == reference
+
+
+def test_testnet_v6_rejected_host_with_a_short_timeout_is_still_unreachable(tnet, testnet_module):
+    # The ICMPv6 error comes at once but is kept as a soft error until the
+    # SYN is retried (~1 s): the socket is not writable yet when a 0.5 s
+    # timeout ends, and SO_ERROR read then gives the right answer.
+    addrs = tnet["kinds"]["rejected"].get("addrs6")
+    if not addrs:
+        pytest.skip("testnet without IPv6 rejected hosts")
+    with testnet_module.inside(tnet["name"]):
+        results = list(scan(addrs, 80, timeout=0.5))
+    assert sorted(r.host for r in results) == sorted(addrs)
+    assert {(r.state, r.detail) for r in results} == {
+        ("unreachable", os.strerror(errno.EHOSTUNREACH))}
