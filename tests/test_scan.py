@@ -17,6 +17,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -200,6 +201,33 @@ def test_broadcast_address_fails_at_once_and_is_unreachable():
 def test_host_name_is_resolved_and_reported_with_its_address(lab):
     [r] = scan("localhost", 9, timeout=1.0)
     assert (r.host, r.name) == ("127.0.0.1", "localhost")
+
+
+def test_a_slow_name_lookup_does_not_hold_up_the_other_targets(lab, loop, monkeypatch):
+    # DNS is faked (the machine has none to ask); only the name is slow.
+    real = socket.getaddrinfo
+    answered = threading.Event()
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "slow.example":
+            answered.wait(10)
+            host = lab.addr(5)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    seen: list = []
+    s = Scanner(["slow.example", lab.addr(3), lab.addr(4)], lab.port, timeout=1.0,
+                loop=loop, on_result=seen.append)
+    s.start()
+    try:
+        wait_for(loop, lambda: len(seen) == 2)
+        assert {(r.host, r.state) for r in seen} == {(lab.addr(3), "open"),
+                                                     (lab.addr(4), "refused")}
+        assert not s.finished and s.in_flight == 1
+    finally:
+        answered.set()
+    wait_for(loop, lambda: s.finished)
+    assert (seen[2].host, seen[2].state, seen[2].name) == (lab.addr(5), "open", "slow.example")
 
 
 def test_name_that_does_not_resolve_is_an_error_result():
