@@ -38,10 +38,19 @@ targets:
   127.0.0                       the Tcl scan.tcl base form: .1 to .254
 ports: 22  22,80,443  8000-8010  -1024 (1-1024)
 
+output: one line per (host, port) as it is classified -- target, state,
+detail -- and a summary on stderr (with --json: JSON Lines on stdout, the
+summary last).  States:
+  open         connected; detail: the peer's address and port
+  refused      the host answered with a reset (nothing listens there)
+  timeout      no answer within --timeout (a filtered or absent host)
+  unreachable  no route, host unreachable, or prohibited by a route or filter
+  error        anything else (e.g. a blackhole route); detail: the OS message
+
 examples:
   %(prog)s 127.0.0.1 -p 1-1024 --open-only
   %(prog)s 127.0.0.0/16 -p 9 --open-only --timeout 0.5
-  %(prog)s 192.0.2.0/24 --exclude 192.0.2.1 -p 22,80 --json > scan.jsonl
+  %(prog)s 127.0.0.0/24 --exclude 127.0.0.1 -p 22,80 --json > scan.jsonl
   %(prog)s 127.0.0 22            (as scan.tcl: base and port)
 
 exit status: 0 open port found, 1 none found, 2 usage error, 130 interrupted
@@ -203,9 +212,11 @@ class _Output:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the command line; returns the exit status (see the module notes).
 
-    argparse exits with status 2 on a usage error (``SystemExit``).
+    ``prog`` is the name usage lines give (default ``evscan``, the
+    installed command; ``python -m scanner`` passes its own).  argparse
+    exits with status 2 on a usage error (``SystemExit``).
     """
-    parser = _parser(prog or ("python -m scanner" if argv is None else "evscan"))
+    parser = _parser(prog or "evscan")
     args = parser.parse_args(argv)
     targets, ports = _split_ports(parser, args)
 

@@ -33,11 +33,20 @@ an ``exclude`` names is dropped from the total.
 
 *In flight.*  ``evloop.open_async`` makes the socket and starts the connect
 (Tcl's ``socket -async``).  Two things then watch it: a ``writable``
-fileevent and an ``after(timeout)`` timer.  Whichever comes first closes the
-channel and cancels the other, so each pair is classified exactly once.
-Connects that fail at once (an unreachable, prohibit or blackhole route;
-a broadcast address) do not raise: the channel keeps the errno and still
-fires ``writable``, so both ways of failing are one path here.
+fileevent and a timeout.  Whichever comes first takes the pair out of the
+in-flight table and closes the channel, so each pair is classified exactly
+once.  Connects that fail at once (an unreachable, prohibit or blackhole
+route; a broadcast address) do not raise: the channel keeps the errno and
+still fires ``writable``, so both ways of failing are one path here.
+
+*Timeouts* are shared.  Every connect has the same timeout, so they expire
+in the order they started.  The connects started in one pass of the loop
+form a *batch*; when the pass ends (an ``after 0``) the batch gets one
+``after(timeout)`` timer, and when it fires, every pair of that batch still
+in flight has timed out.  The in-flight table is a dict in start order, so
+those pairs are at its front.  A connect thus waits at least the timeout,
+and at most one pass longer; a /16 needs a few dozen timers instead of
+65536 that are nearly all cancelled.
 
 *Classified.*  On ``writable``, ``ch.error()`` -- Tcl's ``fconfigure
 -error``, read exactly once -- decides: ``None`` is ``open`` (the detail is
@@ -46,8 +55,8 @@ EACCES and EPERM are ``unreachable``, anything else (EINVAL from a
 blackhole route, ...) is ``error`` with the OS message.  On a loopback or
 LAN refusal, ``connect()`` returns EINPROGRESS with ``SO_ERROR`` already
 set, and the event arrives on the next poll: nothing may read ``SO_ERROR``
-before the writable handler, or a refused port reads as open.  When the
-timer fires first the pair is a ``timeout`` -- unless the kernel already
+before the writable handler, or a refused port reads as open.  When its
+batch's timer fires first the pair is a ``timeout`` -- unless the kernel already
 holds an error for the socket (an ICMPv6 unreachable is kept as a soft
 error until the SYN is retried), which is then the answer.
 
@@ -61,8 +70,9 @@ closes whatever is in flight; no ``on_result`` follows it.
 (``run_once``) and yields results as they come, so the first line of a /16
 appears in milliseconds.
 
-The per-target path allocates a Channel, a TimerId and a Result and makes
-no closure: the handlers are bound methods with the pair as arguments.
+The per-target path allocates a Channel, an in-flight entry and a Result
+and makes no closure: the writable handler is a bound method with the
+channel as its argument.
 """
 
 from __future__ import annotations
@@ -229,7 +239,11 @@ class Scanner:
         self._pairs = iter_pairs(targets, ports)
         self._ready: deque[tuple[str, int, str | None]] = deque()
         self._exhausted = False
-        self._flight: dict[Channel, TimerId] = {}
+        # In start order: channel -> (batch, host, port, name).
+        self._flight: dict[Channel, tuple[int, str, int, str | None]] = {}
+        self._batch = 0              # the batch connects started now join
+        self._sealing: TimerId | None = None   # ends the open batch this pass
+        self._expiries: deque[TimerId] = deque()   # one per sealed batch
         self._busy = 0               # slots taken: connects + names resolving
         self._limit = concurrency    # lowered by a descriptor shortage
         self._credit = 0
@@ -272,8 +286,7 @@ class Scanner:
         self.cancelled = True
         loop = self.loop
         loop.after_cancel(self._kick)
-        for ch, timer in self._flight.items():
-            loop.after_cancel(timer)
+        for ch in self._flight:
             ch.close(force=True)
         self._flight.clear()
         if self._resolver is not None:
@@ -349,8 +362,10 @@ class Scanner:
             self._complete(host, port, ERROR, _message(exc), name)
             return True
         self._busy += 1
-        self._flight[ch] = loop.after(self._timeout_ms, self._on_timeout, ch, host, port, name)
-        loop.fileevent(ch, "writable", self._on_writable, ch, host, port, name)
+        if self._sealing is None:
+            self._sealing = loop.after(0, self._seal)
+        self._flight[ch] = (self._batch, host, port, name)
+        loop.fileevent(ch, "writable", self._on_writable, ch)
         return True
 
     def _resolve(self, name: Name, port: int) -> None:
@@ -380,8 +395,8 @@ class Scanner:
 
     # ------------------------------------------------------- classifying
 
-    def _on_writable(self, ch: Channel, host: str, port: int, name: str | None) -> None:
-        self.loop.after_cancel(self._flight.pop(ch))
+    def _on_writable(self, ch: Channel) -> None:
+        _, host, port, name = self._flight.pop(ch)
         err = ch.error()
         if err is None:
             try:
@@ -397,18 +412,34 @@ class Scanner:
         self._complete(host, port, state, detail, name)
         self._fill(self._busy + 2)     # replace itself, and grow
 
-    def _on_timeout(self, ch: Channel, host: str, port: int, name: str | None) -> None:
-        del self._flight[ch]
-        # An ICMP error the kernel keeps as a soft error (IPv6 host
-        # unreachable during the SYN) is already in SO_ERROR: it is the
-        # better answer.  A connect still in progress reads None.
-        err = ch.error()
-        ch.close(force=True)
-        if err is None:
-            self._complete(host, port, TIMEOUT, f"no answer within {self.timeout:g} s", name)
-        else:
-            self._complete(host, port, classify(err), _message(err), name)
-        self._fill(self._busy + 2)
+    def _seal(self) -> None:
+        """End of the pass: the batch of connects started in it gets its timer."""
+        self._sealing = None
+        self._expiries.append(self.loop.after(self._timeout_ms, self._expire, self._batch))
+        self._batch += 1
+
+    def _expire(self, batch: int) -> None:
+        """The timeout of ``batch``: its pairs still in flight timed out."""
+        self._expiries.popleft()
+        expired = []
+        for ch, entry in self._flight.items():      # oldest first
+            if entry[0] > batch:
+                break
+            expired.append(ch)
+        for ch in expired:
+            _, host, port, name = self._flight.pop(ch)
+            # An ICMP error the kernel keeps as a soft error (IPv6 host
+            # unreachable during the SYN) is already in SO_ERROR: it is the
+            # better answer.  A connect still in progress reads None.
+            err = ch.error()
+            ch.close(force=True)
+            if err is None:
+                self._complete(host, port, TIMEOUT, f"no answer within {self.timeout:g} s", name)
+            else:
+                self._complete(host, port, classify(err), _message(err), name)
+            if self.finished:               # cancelled from on_result
+                return
+        self._fill()
 
     def _complete(self, host: str, port: int, state: str, detail: str,
                   name: str | None) -> None:
@@ -432,6 +463,10 @@ class Scanner:
             return
         self.finished = True
         self.finished_at = time.monotonic()
+        self.loop.after_cancel(self._sealing)
+        for timer in self._expiries:
+            self.loop.after_cancel(timer)
+        self._expiries.clear()
         if self._resolver is not None:
             self._resolver.close()
         if self.on_done is not None:

@@ -10,12 +10,14 @@ the others (refused).  The test subnet (`tnet`) gives the remaining kinds.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,6 +33,10 @@ from scanner.targets import Targets
 scan_mod = sys.modules["scanner.scan"]
 
 from conftest import wait_for
+
+# The package exports the function scan() under the module's own name, so
+# ``import scanner.scan as m`` gives the function; the module is looked up.
+scan_mod = importlib.import_module("scanner.scan")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,6 +154,33 @@ def test_silent_targets_time_out_together_not_one_after_another(lab):
     assert 0.5 <= elapsed < 0.5 * 1.5
 
 
+def test_a_connect_started_while_others_wait_gets_its_whole_timeout(lab, loop):
+    # Two slots: the silent .12 and the open .3 start together; .3 answers
+    # and frees its slot for the silent .13, which must not time out with
+    # .12 (timeouts are shared per batch of connects, see scanner.scan).
+    timeout = 0.4
+    seen: list = []
+    s = Scanner([lab.addr(12), lab.addr(3), lab.addr(13)], lab.port, timeout=timeout,
+                concurrency=2, loop=loop,
+                on_result=lambda r: seen.append((r.host, r.state, time.monotonic())))
+    s.start()
+    wait_for(loop, lambda: s.finished)
+    (h1, st1, t_open), (h2, st2, t12), (h3, st3, t13) = seen
+    assert [(h1, st1), (h2, st2), (h3, st3)] == [
+        (lab.addr(3), "open"), (lab.addr(12), "timeout"), (lab.addr(13), "timeout")]
+    assert t13 - t_open >= timeout
+    assert t13 - t_open < timeout * 1.5
+
+
+def test_timeouts_need_a_few_timers_not_one_per_connect(lab, loop):
+    s = Scanner([lab.addr(n) for n in lab.SILENT], lab.port, timeout=0.3, loop=loop)
+    s.start()
+    wait_for(loop, lambda: s.in_flight == len(lab.SILENT))
+    assert len(loop.after_info()) <= 2
+    wait_for(loop, lambda: s.finished)
+    assert s.counts["timeout"] == len(lab.SILENT) and loop.after_info() == []
+
+
 def test_many_ports_every_pair_reported_once(lab):
     ports = [lab.port, 1, 2]      # ports 1 and 2: nobody listens on 127/8 there...
     results = list(scan(f"{lab.net}.0-7", ports, timeout=1.0))
@@ -171,6 +204,33 @@ def test_broadcast_address_fails_at_once_and_is_unreachable():
 def test_host_name_is_resolved_and_reported_with_its_address(lab):
     [r] = scan("localhost", 9, timeout=1.0)
     assert (r.host, r.name) == ("127.0.0.1", "localhost")
+
+
+def test_a_slow_name_lookup_does_not_hold_up_the_other_targets(lab, loop, monkeypatch):
+    # DNS is faked (the machine has none to ask); only the name is slow.
+    real = socket.getaddrinfo
+    answered = threading.Event()
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "slow.example":
+            answered.wait(10)
+            host = lab.addr(5)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    seen: list = []
+    s = Scanner(["slow.example", lab.addr(3), lab.addr(4)], lab.port, timeout=1.0,
+                loop=loop, on_result=seen.append)
+    s.start()
+    try:
+        wait_for(loop, lambda: len(seen) == 2)
+        assert {(r.host, r.state) for r in seen} == {(lab.addr(3), "open"),
+                                                     (lab.addr(4), "refused")}
+        assert not s.finished and s.in_flight == 1
+    finally:
+        answered.set()
+    wait_for(loop, lambda: s.finished)
+    assert (seen[2].host, seen[2].state, seen[2].name) == (lab.addr(5), "open", "slow.example")
 
 
 def test_name_that_does_not_resolve_is_an_error_result():
@@ -403,3 +463,17 @@ def test_testnet_low_descriptor_limit_gives_the_same_results(tnet, testnet_modul
         tnet["name"], [sys.executable, "-c", _CHILD, "64", tnet["subnet"], "80", "1000", "0.5"],
         capture_output=True, text=True, timeout=30, cwd=ROOT, check=True)
     assert sorted(json.loads(line) for line in out.stdout.splitlines()) == reference
+
+
+def test_testnet_v6_rejected_host_with_a_short_timeout_is_still_unreachable(tnet, testnet_module):
+    # The ICMPv6 error comes at once but is kept as a soft error until the
+    # SYN is retried (~1 s): the socket is not writable yet when a 0.5 s
+    # timeout ends, and SO_ERROR read then gives the right answer.
+    addrs = tnet["kinds"]["rejected"].get("addrs6")
+    if not addrs:
+        pytest.skip("testnet without IPv6 rejected hosts")
+    with testnet_module.inside(tnet["name"]):
+        results = list(scan(addrs, 80, timeout=0.5))
+    assert sorted(r.host for r in results) == sorted(addrs)
+    assert {(r.state, r.detail) for r in results} == {
+        ("unreachable", os.strerror(errno.EHOSTUNREACH))}

@@ -164,10 +164,25 @@ def test_main_in_process_returns_the_status(lab, capsys):
     assert exc.value.code == 2
 
 
-def test_help_explains_with_loopback_and_documentation_addresses():
+def test_help_explains_states_exit_status_and_examples_on_loopback_only():
     r = _run(["--help"])
     assert r.returncode == 0
-    assert "127.0.0.0/16" in r.stdout and "exit status" in r.stdout
+    assert r.stdout.startswith("usage: python -m scanner ")
+    assert "exit status: 0 open port found, 1 none found, 2 usage error, 130" in r.stdout
+    for state in ("open", "refused", "timeout", "unreachable", "error"):
+        assert f"\n  {state} " in r.stdout
+    examples = r.stdout.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(examples) >= 3
+    for line in examples:           # copied and run, they stay on this machine
+        targets = [w for w in line.split()[3:] if w[0].isdigit() and w.count(".") >= 2]
+        assert targets and all(t.startswith("127.") for t in targets), line
+
+
+def test_installed_command_names_itself_evscan(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: evscan ")
 
 
 # ---------------------------------------------------------------- Ctrl-C
