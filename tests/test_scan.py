@@ -29,9 +29,6 @@ from scanner.scan import (MAX_CONCURRENCY, Scanner, classify,
                           default_concurrency, scan)
 from scanner.targets import Targets
 
-# The module, not the function that the package exports under the same name.
-scan_mod = sys.modules["scanner.scan"]
-
 from conftest import wait_for
 
 # The package exports the function scan() under the module's own name, so
