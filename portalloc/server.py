@@ -10,7 +10,10 @@ client waits for; and configure the channel as the original's Tcl socket
 was: input translation ``auto`` (a request may end in ``\\n``, ``\\r\\n`` or
 a lone ``\\r``), output ``crlf`` (every reply line ends in ``\\r\\n``, even
 the newlines *inside* a LIST reply or a quoted name, as Tcl's ``puts``
-does).  Output buffering is ``full`` with a buffer far larger than any
+does).  Its encoding is ``binary``: each line is decoded and each reply
+encoded by `portalloc.protocol.decode_line` / `encode_line`, which never
+fail and treat invalid UTF-8 and lone surrogates exactly as Tcl does.
+Output buffering is ``full`` with a buffer far larger than any
 reply, so nothing leaves until we flush.  Per connection we keep one small
 `_Client` (``__slots__``): the channel, the peer's host, the local flag and
 the ports it holds -- a few hundred bytes beside the channel itself.
@@ -73,7 +76,7 @@ from typing import Any, Callable, Sequence
 import evloop
 
 from .pool import PoolExhausted, PortPool, probe_port
-from .protocol import format_list, parse_list
+from .protocol import decode_line, encode_line, format_list, lsort_key, parse_list
 
 __all__ = ["PortManagerServer", "is_loopback", "main",
            "DEFAULT_LISTEN", "DEFAULT_PORTS"]
@@ -194,7 +197,7 @@ class PortManagerServer:
         self._clients: set[_Client] = set()
         self._replies: dict[_Client, None] = {}        # replies to flush at commit
         self._usage_dirty = self.usage_file is not None
-        self._list_cache: str | None = None
+        self._list_cache: bytes | None = None
         self._commit_timer: Any = None
         self._retry_timer: Any = None
         self._usage_error: str | None = None
@@ -235,7 +238,7 @@ class PortManagerServer:
                 ch.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass        # the peer is already gone; the first read says so
-        ch.configure(translation=("auto", "crlf"), buffering="full",
+        ch.configure(translation=("auto", "crlf"), encoding="binary", buffering="full",
                      buffersize=_BUFFERSIZE)
         client = _Client(ch, host, local)
         self._clients.add(client)
@@ -266,7 +269,7 @@ class PortManagerServer:
                 return
             if _pending_out(ch) > self.output_limit and not self._try_flush(client):
                 return
-            self._request(client, line)
+            self._request(client, decode_line(line))
 
     def _try_flush(self, client: _Client) -> bool:
         """Send what the client's socket takes; drop the client if it still
@@ -295,14 +298,14 @@ class PortManagerServer:
             self._gimme(client, words[1] if len(words) > 1 else "",
                         words[2] if len(words) > 2 else "")
         elif command == "LIST":
-            self._reply(client, self._list_text())
+            self._reply(client, self._list_reply())
         else:
             self._refuse(client, f"Invalid request {line}",
                          f"{client.host} issued an illegal request: {_show(line)}")
 
     def _gimme(self, client: _Client, app: str, user: str) -> None:
         if not client.local:
-            reason = f"{client.host} ({client.host}) : Only local applications get ports"
+            reason = f"{client.host} : Only local applications get ports"
             self._refuse(client, reason, f"Unable to allocate a port for {_show(app)} "
                          f"run by {_show(user)} because: {reason}")
             return
@@ -321,13 +324,13 @@ class PortManagerServer:
             client.ports.append(port)
             self._changed()
             log.info("Port %d was allocated to %s run by %s", port, _show(app), _show(user))
-            self._reply(client, f"OK {port}")
+            self._reply(client, b"OK %d" % port)
             return
         log.warning("Unable to allocate a port for %s run by %s because: %s",
                     _show(app), _show(user), reason)
-        self._reply(client, format_list(("FAIL", reason)))
+        self._reply(client, encode_line(format_list(("FAIL", reason))))
 
-    def _list_text(self) -> str:
+    def _list_reply(self) -> bytes:
         """The LIST reply, lines joined by ``\\n`` (the channel makes them
         ``\\r\\n``); rebuilt only when the table changed."""
         text = self._list_cache
@@ -335,22 +338,22 @@ class PortManagerServer:
             groups: dict[tuple[str, str], list[int]] = {}
             for port, key in self._alloc.items():
                 groups.setdefault((key[1], key[0]), []).append(port)
-            # The original sorts the strings [list $user $app] (Tcl lsort:
-            # code point order), so quoting takes part in the order.
-            keyed = sorted((format_list(k), k, ports) for k, ports in groups.items())
+            # The original sorts the strings [list $user $app] with lsort,
+            # so quoting takes part in the order.
+            keyed = sorted((lsort_key(format_list(k)), k, ports) for k, ports in groups.items())
             lines = [f"OK {len(self._alloc)}"]
             for _, (user, app), ports in keyed:
                 ports.sort()
                 lines.append(format_list((ports[0], app, user)))
                 for i in range(1, len(ports)):
                     lines.append(format_list((ports[i], f"{app}_{i}", user)))
-            text = self._list_cache = "\n".join(lines)
+            text = self._list_cache = encode_line("\n".join(lines))
         return text
 
-    def _reply(self, client: _Client, text: str) -> None:
+    def _reply(self, client: _Client, data: bytes) -> None:
         """Queue one reply; the commit of this pass sends it."""
         try:
-            client.ch.puts(text)
+            client.ch.puts(data)
         except OSError as exc:
             self._drop(client, f"write error: {exc.strerror or exc}")
             return
@@ -362,7 +365,7 @@ class PortManagerServer:
         log.warning("%s", message)
         ch = client.ch
         try:
-            ch.puts(format_list(("FAIL", reason)))
+            ch.puts(encode_line(format_list(("FAIL", reason))))
             ch.flush()
         except OSError:
             pass
@@ -464,7 +467,8 @@ def _write_atomically(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape",
+        # Names are written as the original writes them (see decode_line).
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass",
                        newline="") as f:
             f.write(text)
         os.replace(tmp, path)

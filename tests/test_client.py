@@ -410,7 +410,7 @@ def test_garbage_in_a_list_on_the_holding_connection_retires_it():
 
 
 def test_fail_reply_of_a_remote_refusal_keeps_the_whole_reason():
-    reason = "10.0.0.2 (10.0.0.2) : Only local applications get ports"
+    reason = "10.0.0.2 : Only local applications get ports"
 
     def script(fm, conn):
         fm.read_line(conn)

@@ -37,7 +37,9 @@ class Peer:
         self.buf = b""
 
     def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogatepass")
+        self.sock.sendall(data)
 
     def readline(self) -> bytes:
         while b"\r\n" not in self.buf:
@@ -50,7 +52,7 @@ class Peer:
 
     def ask(self, request: str) -> str:
         self.send(request + "\n")
-        return self.readline().decode()
+        return self.readline().decode("utf-8", "surrogatepass")
 
     def gimme(self, app: str, user: str = "fox") -> int:
         reply = self.ask(format_list(("GIMME", app, user)))
@@ -160,6 +162,16 @@ def test_list_orders_groups_like_tcl_lsort_and_numbers_repeated_names(portmgr) -
         for i, port in enumerate(sorted(got[(user, app)])):
             expected.append([str(port), app if i == 0 else f"{app}_{i}", user])
     assert rows == expected
+
+
+def test_list_orders_nul_and_characters_past_the_bmp_as_tcl_lsort(portmgr) -> None:
+    # lsort compares Tcl's own bytes: NUL is C0 80 (after "z"), and an emoji
+    # a surrogate pair (before U+E000).
+    holder = Peer(portmgr.port)
+    for app in ("\ue000", "\U0001f600", "\x00", "z"):
+        holder.gimme(app)
+    assert [app for _, app, _ in Peer(portmgr.port).list()] == [
+        "z", "\x00", "\U0001f600", "\ue000"]
 
 
 def test_list_reply_bytes_are_tcl_lists_ending_in_crlf(portmgr) -> None:
@@ -371,15 +383,37 @@ def test_garbage_and_tcl_special_names_round_trip_through_list(portmgr) -> None:
     expect = {}
     for name in names:
         expect[holder.gimme(name, "u " + name)] = (name, "u " + name)
-    # Invalid UTF-8 arrives as U+FFFD, as the channel decodes with "replace".
+    # Invalid UTF-8 reads as Tcl reads it: each stray byte is the Latin-1
+    # character of the same number.
     holder.send(b"GIMME bad\xff\xfe fox\n")
     status, port = parse_list(holder.readline().decode())
     assert status == "OK"
-    expect[int(port)] = ("bad\ufffd\ufffd", "fox")
+    expect[int(port)] = ("bad\u00ff\u00fe", "fox")
     rows = Peer(portmgr.port).list()
     assert {int(p): (app, user) for p, app, user in rows} == expect
     for p, app, user in rows:                    # each line exactly as Tcl quotes
         assert format_list((p, app, user)) == format_list((p, *expect[int(p)]))
+    no_stderr(portmgr)
+
+
+def test_lone_surrogates_in_names_are_kept_as_tcl_keeps_them(portmgr) -> None:
+    # "\uD800" in a request, or its three UTF-8-like bytes, is a lone
+    # surrogate that strict UTF-8 cannot write; Tcl writes those three bytes.
+    holder = Peer(portmgr.port)
+    p1 = int(parse_list(holder.ask("GIMME \\uD800 fox"))[1])
+    holder.send(b"GIMME x\xed\xb0\x80 fox\n")
+    p2 = int(parse_list(holder.readline().decode())[1])
+    peer = Peer(portmgr.port)
+    peer.send("LIST\n")
+    want = f"OK 2\r\n{p2} x\udc00 fox\r\n{p1} \ud800 fox\r\n".encode("utf-8", "surrogatepass")
+    data = b""
+    while len(data) < len(want):
+        data += peer.sock.recv(4096)
+    assert data == want
+    assert portmgr.paths.usagefile.read_bytes() == (
+        f"{p1}\t\ud800\tfox\n{p2}\tx\udc00\tfox\n".encode("utf-8", "surrogatepass"))
+    # ... and the server goes on serving everyone.
+    assert Peer(portmgr.port).gimme("after") in range(portmgr.low, portmgr.high + 1)
     no_stderr(portmgr)
 
 
@@ -603,7 +637,7 @@ def test_gimme_from_remote_peer_is_refused_and_disconnected(tnet, testnet_module
         assert lister.list() == []                     # LIST is for everyone
         remote.send("GIMME app fox\n")
         assert remote.rest_until_closed() == (
-            b"FAIL {198.19.255.253 (198.19.255.253) : Only local applications get ports}\r\n")
+            b"FAIL {198.19.255.253 : Only local applications get ports}\r\n")
         assert lister.list() == []                     # and nothing was handed out
         assert "Only local applications get ports" in pm.paths.log.read_text()
     finally:
