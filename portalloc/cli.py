@@ -51,6 +51,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,16 +250,19 @@ def _fields(a: Allocation) -> list[str]:
     return [str(a.port), _element(a.application), _element(a.user)]
 
 
-# Tcl's backslash form of an element, for names braces would leave on two lines.
+# Tcl's backslash form of an element, for names braces would leave on two
+# lines, and for lone surrogates, which no strict encoding can print.
 _BACKSLASHED = str.maketrans({
     **{c: "\\" + c for c in '[]$; \\"{}'},
     "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f", "\v": "\\v",
+    **{chr(u): f"\\u{u:04X}" for u in range(0xD800, 0xE000)},
 })
+_NEEDS_BACKSLASHES = re.compile("[\n\r\ud800-\udfff]")
 
 
 def _element(name: str) -> str:
     """``name`` quoted as a list element that fits on one line."""
-    if "\n" in name or "\r" in name:
+    if _NEEDS_BACKSLASHES.search(name):
         return name.translate(_BACKSLASHED)
     # Quoted as a second element: a leading '#' is braced only in the first.
     return format_list(["", name])[3:]

@@ -75,7 +75,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, NamedTuple
 
-from .protocol import format_list, parse_list
+from .protocol import decode_line, encode_line, format_list, parse_list
 
 __all__ = [
     "PortAllocator", "AsyncPortAllocator", "Allocation",
@@ -318,7 +318,7 @@ class _Connection:
 
     def _send(self, line: str) -> None:
         try:
-            self.sock.sendall((line + "\n").encode("utf-8"))
+            self.sock.sendall(encode_line(line + "\n"))
         except socket.timeout:
             raise self._timed_out() from None
         except OSError as exc:
@@ -331,7 +331,7 @@ class _Connection:
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[:nl + 1]
-                return line.rstrip(b"\r").decode("utf-8", "replace")
+                return decode_line(line.rstrip(b"\r"))
             try:
                 data = self.sock.recv(_RECV_SIZE)
             except socket.timeout:
@@ -583,6 +583,8 @@ class _AsyncConnection:
         except OSError as exc:
             self.loop.after_idle(self._connect_failed, exc)
             return
+        # Bytes in and out: lines are decoded and encoded as Tcl does.
+        self.channel.configure(encoding="binary")
         self.loop.fileevent(self.channel, "writable", self._connected)
 
     def _connected(self) -> None:
@@ -626,7 +628,7 @@ class _AsyncConnection:
             return
         self.in_flight = True
         try:
-            self.channel.puts(self.queue[0].line)      # one line, one send
+            self.channel.puts(encode_line(self.queue[0].line))    # one line, one send
         except OSError as exc:
             # Report from the loop, never from inside the caller's request.
             self.loop.after_idle(self._lose, exc)
@@ -635,7 +637,7 @@ class _AsyncConnection:
         try:
             line = self.channel.gets()
             while line is not None:
-                self._reply_line(line)
+                self._reply_line(decode_line(line))
                 if self.closed:
                     return
                 line = self.channel.gets()

@@ -131,6 +131,17 @@ def test_list_keeps_a_name_with_a_line_break_on_one_line(portmgr, capsys):
     assert rows == [["a\nb", "fox"]]
 
 
+def test_list_writes_a_lone_surrogate_as_a_tcl_escape(portmgr):
+    # Strict UTF-8 cannot print one; \uD800 is the same element in Tcl.
+    with portmgr.connect() as raw:
+        raw.sendall(b"GIMME x\\uD800 fox\n")
+        assert raw.recv(100).startswith(b"OK ")
+        r = portalloc("list", "--port", str(portmgr.port))
+    assert r.returncode == 0 and r.stderr == ""
+    assert [parse_list(line)[1:] for line in r.stdout.splitlines()] == [["x\ud800", "fox"]]
+    assert "x\\uD800" in r.stdout
+
+
 def test_list_prints_a_header_only_on_a_terminal(portmgr, held):
     master, slave = pty.openpty()
     try:

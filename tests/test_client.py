@@ -86,6 +86,7 @@ def test_list_of_an_idle_allocator_leaves_no_connection_open(portmgr):
 @pytest.mark.parametrize("name", [
     "my app", "a{b", "x}y", 'q"r', "$x[y];z", "back\\slash", "#hash", "",
     "tab\there", "trailing\\", "{braced}", "caf\u00e9 \u2615",
+    "\udcff", "lone \ud800",     # surrogates (os.fsdecode's, or any): sent as Tcl does
 ])
 def test_names_with_spaces_and_tcl_specials_survive(portmgr, name):
     with PortAllocator("localhost", portmgr.port) as pa:
@@ -548,6 +549,17 @@ def test_async_no_free_ports(loop, tmp_path):
         pa.release()
     finally:
         pm.stop()
+
+
+def test_async_names_with_lone_surrogates_survive(loop, portmgr):
+    pa = AsyncPortAllocator("localhost", portmgr.port, loop)
+    results = []
+    pa.allocate_port("\udcff", lambda r, e: results.append((r, e)))
+    pa.find_server("\udcff", lambda r, e: results.append((r, e)))
+    run_until(loop, results, 2)
+    (port, e1), (found, e2) = results
+    assert e1 is None and e2 is None and found == port
+    pa.release()
 
 
 def test_async_list_joins_an_allocation_split_over_lines(loop):
