@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_portmgr, wait_for
+from conftest import start_original_portmgr, start_portmgr, wait_for
 from portalloc import client
 from portalloc.client import (Allocation, AsyncPortAllocator, PortAllocationError,
                               PortAllocator, PortManagerProtocolError,
@@ -700,43 +700,14 @@ def test_original_tcl_client_against_our_manager(portmgr, original_tcl_client, t
 
 # ------------------------------------------- our client, the original server
 
-ORIGINAL_SERVER_DIR = os.environ.get("NSCLDAQ_SERVER_DIR")
-
-
 @pytest.fixture
 def original_manager(tclsh, tmp_path):
-    """The original DaqPortManager (set NSCLDAQ_SERVER_DIR to a directory with
-    ``bin/DaqPortManager.tcl`` and ``TclLibs/``), run in a private mount
-    namespace because it writes /var/tmp/daqportmgr/ports.txt unconditionally;
-    skips where that can't be done."""
-    root = Path(ORIGINAL_SERVER_DIR or "/nonexistent")
-    if not (root / "bin" / "DaqPortManager.tcl").exists():
-        pytest.skip("set NSCLDAQ_SERVER_DIR to the original port manager's directory")
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare for a private /var/tmp")
-    listen, low = free_port(), free_port()
-    inner = (f"mount -t tmpfs none /var/tmp && mkdir -p /var/tmp/daqportmgr && exec {tclsh} "
-             f"{root / 'bin' / 'DaqPortManager.tcl'} -listen {listen} -ports {low}-{low} "
-             f"-log {tmp_path / 'pm.log'} -portfile {tmp_path / 'listen.port'} "
-             f"-pidfile {tmp_path / 'pm.pid'}")
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", inner],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        eventually(lambda: (tmp_path / "listen.port").exists() or proc.poll() is not None, 10)
-        if proc.poll() is not None:
-            pytest.skip(f"original port manager did not start: {proc.stderr.read()[:200]!r}")
-        # It writes the port file before it listens; wait for a connect.
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        eventually(listening, 10)
-        yield listen, low
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """The original DaqPortManager with one port to hand out (see
+    conftest.start_original_portmgr): (its listen port, that port)."""
+    low = free_port()
+    pm = start_original_portmgr(tmp_path, tclsh, f"{low}-{low}")
+    yield pm.port, low
+    pm.stop()
 
 
 def test_our_client_against_the_original_manager(original_manager, loop):
