@@ -131,33 +131,6 @@ def _show(name: str) -> str:
     return name if name.isprintable() and name else repr(name)
 
 
-def _probe(port: int) -> bool:
-    """`probe_port` in one bind instead of two where the host has IPv6.
-
-    An IPv6 wildcard bind with ``IPV6_V6ONLY`` off conflicts with every
-    IPv4 and IPv6 socket on the port, exactly the sockets `probe_port`'s two
-    binds look for, so one socket answers for both (like it, no
-    ``SO_REUSEADDR``).  Where IPv6 is missing, `probe_port` decides.
-    """
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    except OSError as exc:
-        if exc.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
-            return probe_port(port)
-        raise
-    with sock:
-        try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
-                return False
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                return probe_port(port)      # IPv6 present but not usable
-            raise
-    return True
-
-
 class _Client:
     """One connection: its channel, peer and the ports it holds."""
 
@@ -186,7 +159,7 @@ class PortManagerServer:
     def __init__(self, ports: tuple[int, int] = DEFAULT_PORTS, port: int = DEFAULT_LISTEN,
                  host: str = "", usage_file: str | os.PathLike[str] | None = None,
                  loop: evloop.Loop | None = None, *, pool: PortPool | None = None,
-                 probe: Callable[[int], bool] | None = _probe,
+                 probe: Callable[[int], bool] | None = probe_port,
                  max_line: int = MAX_LINE, output_limit: int = OUTPUT_LIMIT) -> None:
         self.loop = loop if loop is not None else evloop.get_loop()
         self.pool = pool if pool is not None else PortPool(ports[0], ports[1], probe=probe)
