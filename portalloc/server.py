@@ -485,9 +485,26 @@ def _listen_port(text: str) -> int:
     return port
 
 
+_EPILOG = f"""\
+Clients on this host take a port with GIMME and hold it for as long as
+their connection lives; LIST tells anyone who holds which port.  GIMME from
+any other host is refused.  The protocol is the original DaqPortManager's.
+
+Every option may also be written with one dash (-ports, -listen ...), as
+the original's are.  A default file whose directory can't be written goes
+to {FALLBACK_DIR} instead, and the log says so.  The port file is written
+once the server listens.
+
+SIGTERM or SIGINT stops the server: it closes every connection, empties the
+usage file, removes the pid file and exits 0.  Exit status 1: a file or the
+listen address can't be had; 2: a bad option.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="portalloc-server", allow_abbrev=False,
-                description="NSCLDAQ-compatible TCP port manager (runs in the foreground).")
+                description="NSCLDAQ-compatible TCP port manager (runs in the foreground).",
+                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ports", "-ports", type=_port_range, default=DEFAULT_PORTS,
                    metavar="LOW-HIGH", help="ports to hand out (default 30001-31000)")
     p.add_argument("--listen", "-listen", type=_listen_port, default=DEFAULT_LISTEN,
@@ -601,6 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = logging.getLogger("portalloc")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    for given, chosen, default in ((args.log, log_path, DEFAULT_LOG),
+                                   (args.usagefile, usage_path, DEFAULT_USAGEFILE),
+                                   (args.portfile, port_path, DEFAULT_PORTFILE),
+                                   (args.pidfile, pid_path, DEFAULT_PIDFILE)):
+        if given is None and chosen != default:
+            log.warning("%s can't be written: using %s", os.path.dirname(default), chosen)
     previous_loop = getattr(evloop.loop._local, "loop", None)
     evloop.set_loop(loop)
     try:

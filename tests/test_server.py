@@ -12,6 +12,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -538,13 +539,17 @@ def test_single_dash_options_work_as_in_the_original(tmp_path) -> None:
         assert proc.stderr.read() == b""
 
 
-def test_main_help_lists_every_option() -> None:
+def test_main_help_lists_every_option_and_explains_the_rest() -> None:
     r = subprocess.run([sys.executable, "-m", "portalloc.server", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0
     for opt in ("--ports", "--listen", "--log", "--usagefile", "--portfile", "--pidfile",
                 "--host", "-listen"):
         assert opt in r.stdout
+    text = " ".join(r.stdout.split())
+    for words in ("GIMME", "LIST", "one dash", "~/.daqportmgr", "SIGTERM or SIGINT",
+                  "removes the pid file and exits 0", "Exit status 1", "2: a bad option"):
+        assert words in text
 
 
 # ------------------------------------------------- in-process: split requests
@@ -726,6 +731,44 @@ def test_ten_thousand_holders_fit_in_64_mb(tmp_path) -> None:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         no_stderr(pm)
+
+
+def test_unwritable_default_directories_fall_back_to_the_home_directory(tmp_path) -> None:
+    # A private mount namespace with read-only /var/tmp, /var/log and /run:
+    # no default file can be written, so all four go to ~/.daqportmgr.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for read-only /var directories")
+    home = tmp_path / "home"
+    script = ("for d in /var/tmp /var/log /var/run; do mount -t tmpfs -o ro none $d || exit 97; "
+              'done; exec "$0" -m portalloc.server --listen 0 --ports 21001-21100')
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, sys.executable], cwd=ROOT,
+                            env=dict(os.environ, HOME=str(home)), stderr=subprocess.PIPE)
+    fallback = home / ".daqportmgr"
+    try:
+        deadline = time.monotonic() + 10
+        while not (fallback / "listen.port").exists():
+            if proc.poll() == 97:
+                pytest.skip("could not mount read-only directories")
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no port file in ~/.daqportmgr"
+            time.sleep(0.01)
+        holder = Peer(int((fallback / "listen.port").read_text()))
+        port = holder.gimme("app")
+        assert (fallback / "ports.txt").read_text() == f"{port}\tapp\tfox\n"
+        assert (fallback / "daqportmgr.pid").read_text() == f"{proc.pid}\n"
+        proc.terminate()
+        assert proc.wait(10) == 0
+        assert not (fallback / "daqportmgr.pid").exists()
+        log = (fallback / "portmanager.log").read_text()
+        for directory, name in (("/var/log/nscldaq", "portmanager.log"),
+                                ("/var/tmp/daqportmgr", "ports.txt"),
+                                ("/var/tmp/daqportmgr", "listen.port"),
+                                ("/var/run/nscldaq", "daqportmgr.pid")):
+            assert f"{directory} can't be written: using {fallback / name}\n" in log
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
 
 
 def test_an_unwritable_default_path_falls_back_to_the_home_directory(tmp_path, monkeypatch) -> None:
