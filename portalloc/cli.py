@@ -122,7 +122,8 @@ def _parser(command_split: bool = False) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--host", help="host of the port manager (default: localhost)")
     common.add_argument("--port", type=_port_arg,
-                        help="port of the port manager (default: from listen.port, else 30000)")
+                        help="port of the port manager (default: the first line of "
+                        "$PORTALLOC_PORTFILE or /var/tmp/daqportmgr/listen.port, else 30000)")
     common.add_argument("--timeout", type=_timeout_arg, default=10.0, metavar="SECONDS",
                         help="give up on a manager that does not answer (default: 10)")
 
@@ -135,8 +136,9 @@ def _parser(command_split: bool = False) -> _Parser:
     p = sub.add_parser("list", parents=[common], epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="list the allocated ports (like lsservices)",
-                       description="Print one line per allocation: PORT APPLICATION USER, "
-                       "each line a Tcl list; a header only on a terminal.")
+                       description="Print one line per allocation: PORT APPLICATION USER.\n"
+                       "Each line is a Tcl list (names that need it are quoted); a header\n"
+                       "line is printed only on a terminal.")
     p.add_argument("hostname", nargs="?", metavar="HOST",
                    help="host whose port manager to ask (same as --host)")
     p.add_argument("user_pattern", nargs="?", default="*", metavar="USER-PATTERN",
@@ -146,7 +148,9 @@ def _parser(command_split: bool = False) -> _Parser:
     p = sub.add_parser("find", parents=[common], epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="print the port of a service",
-                       description="Print the port of SERVICE run by USER; exit 1 if none.")
+                       description="Print the port of SERVICE run by USER; exit 1 if none.\n"
+                       "A user holding several ports under one name has them listed as\n"
+                       "SERVICE, SERVICE_1, ...: this prints the first.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--user", help="user running the service (default: you)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -155,10 +159,12 @@ def _parser(command_split: bool = False) -> _Parser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="allocate a port and run a command that holds it",
                        usage=f"{_PROG} allocate [options] APPLICATION [--] COMMAND [ARG...]",
-                       description="Allocate a port for APPLICATION and run COMMAND with "
-                       "it in $PORT and in place of {port} in its arguments; the port is "
-                       "held until COMMAND exits, and portalloc exits with its status.")
-    p.add_argument("application", metavar="APPLICATION")
+                       description="Allocate a port for APPLICATION and run COMMAND with it in "
+                       "$PORT and in\nplace of {port} in its arguments.  The port is held until "
+                       "COMMAND exits,\nand portalloc exits with its status; signals sent to "
+                       "portalloc are passed\non to COMMAND.")
+    p.add_argument("application", metavar="APPLICATION",
+                   help="the name to register the port under")
     if command_split:
         p.set_defaults(argv=[])
     else:

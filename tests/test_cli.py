@@ -337,6 +337,21 @@ def test_bad_usage_is_exit_2_with_one_line(args, capsys):
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command, words", [
+    ("list", ["PORT APPLICATION USER", "Tcl list", "USER-PATTERN", "--json"]),
+    ("find", ["exit 1 if none", "SERVICE_1", "--user", "--json"]),
+    ("allocate", ["$PORT", "{port}", "held until COMMAND exits", "passed on to COMMAND",
+                  "the name to register the port under"]),
+])
+def test_each_commands_help_explains_it(command, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for w in [*words, "listen.port", "exit status"]:
+        assert w in out
+
+
 def test_help_documents_the_exit_codes(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])
