@@ -9,8 +9,12 @@ A benchmark, not a test; nothing in CI runs it.  It puts the same load on
   ``bin/DaqPortManager.tcl`` and ``TclLibs/``; tcllib's snit and log must be
   installed).  The original writes ``/var/tmp/daqportmgr/ports.txt`` whatever
   it is told, so it runs in a private mount namespace with a tmpfs on
-  ``/var/tmp`` (``unshare -m``, root only), as tests/test_client.py runs it.
-  Without the directory, or without root, its column is skipped;
+  ``/var/tmp`` (``unshare -m``, root only), as tests/conftest.py runs it.
+  Without the directory, or without root, its column is skipped.  Its
+  source is public (NSCLDAQ, GPL) and is not part of this repository: the
+  directory holds ``bin/DaqPortManager.tcl`` and, in ``TclLibs/``,
+  ``ConnectionManager.tcl``, ``PortManager.tcl``, ``Log.tcl`` and a
+  ``pkgIndex.tcl`` made with ``pkg_mkIndex``;
 - ``trivial``: a server written in this file with bare ``select.epoll``
   that answers ``GIMME`` with a counter and ``LIST`` with a canned reply of
   the right length in one ``send``.  It does none of a port manager's work,
