@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except PortManagerError as exc:
         print(f"list_ports: {exc}", file=sys.stderr)
         return 1
+    # A name may hold a lone surrogate, which strict UTF-8 can't write;
+    # Tcl's puts writes it as three bytes, and so do we.
+    sys.stdout.reconfigure(errors="surrogatepass")
     for port, application, user in usage:
         print(f"Port {port} allocated to {application} run by {user}")
     return 0

@@ -51,6 +51,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def _parser(command_split: bool = False) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--host", help="host of the port manager (default: localhost)")
     common.add_argument("--port", type=_port_arg,
-                        help="port of the port manager (default: from listen.port, else 30000)")
+                        help="port of the port manager (default: the first line of "
+                        "$PORTALLOC_PORTFILE or /var/tmp/daqportmgr/listen.port, else 30000)")
     common.add_argument("--timeout", type=_timeout_arg, default=10.0, metavar="SECONDS",
                         help="give up on a manager that does not answer (default: 10)")
 
@@ -134,8 +136,9 @@ def _parser(command_split: bool = False) -> _Parser:
     p = sub.add_parser("list", parents=[common], epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="list the allocated ports (like lsservices)",
-                       description="Print one line per allocation: PORT APPLICATION USER, "
-                       "each line a Tcl list; a header only on a terminal.")
+                       description="Print one line per allocation: PORT APPLICATION USER.\n"
+                       "Each line is a Tcl list (names that need it are quoted); a header\n"
+                       "line is printed only on a terminal.")
     p.add_argument("hostname", nargs="?", metavar="HOST",
                    help="host whose port manager to ask (same as --host)")
     p.add_argument("user_pattern", nargs="?", default="*", metavar="USER-PATTERN",
@@ -145,7 +148,9 @@ def _parser(command_split: bool = False) -> _Parser:
     p = sub.add_parser("find", parents=[common], epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="print the port of a service",
-                       description="Print the port of SERVICE run by USER; exit 1 if none.")
+                       description="Print the port of SERVICE run by USER; exit 1 if none.\n"
+                       "A user holding several ports under one name has them listed as\n"
+                       "SERVICE, SERVICE_1, ...: this prints the first.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--user", help="user running the service (default: you)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -154,10 +159,12 @@ def _parser(command_split: bool = False) -> _Parser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="allocate a port and run a command that holds it",
                        usage=f"{_PROG} allocate [options] APPLICATION [--] COMMAND [ARG...]",
-                       description="Allocate a port for APPLICATION and run COMMAND with "
-                       "it in $PORT and in place of {port} in its arguments; the port is "
-                       "held until COMMAND exits, and portalloc exits with its status.")
-    p.add_argument("application", metavar="APPLICATION")
+                       description="Allocate a port for APPLICATION and run COMMAND with it in "
+                       "$PORT and in\nplace of {port} in its arguments.  The port is held until "
+                       "COMMAND exits,\nand portalloc exits with its status; signals sent to "
+                       "portalloc are passed\non to COMMAND.")
+    p.add_argument("application", metavar="APPLICATION",
+                   help="the name to register the port under")
     if command_split:
         p.set_defaults(argv=[])
     else:
@@ -249,16 +256,19 @@ def _fields(a: Allocation) -> list[str]:
     return [str(a.port), _element(a.application), _element(a.user)]
 
 
-# Tcl's backslash form of an element, for names braces would leave on two lines.
+# Tcl's backslash form of an element, for names braces would leave on two
+# lines, and for lone surrogates, which no strict encoding can print.
 _BACKSLASHED = str.maketrans({
     **{c: "\\" + c for c in '[]$; \\"{}'},
     "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f", "\v": "\\v",
+    **{chr(u): f"\\u{u:04X}" for u in range(0xD800, 0xE000)},
 })
+_NEEDS_BACKSLASHES = re.compile("[\n\r\ud800-\udfff]")
 
 
 def _element(name: str) -> str:
     """``name`` quoted as a list element that fits on one line."""
-    if "\n" in name or "\r" in name:
+    if _NEEDS_BACKSLASHES.search(name):
         return name.translate(_BACKSLASHED)
     # Quoted as a second element: a leading '#' is braced only in the first.
     return format_list(["", name])[3:]

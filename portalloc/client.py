@@ -29,7 +29,10 @@ A connection that holds nothing is closed as soon as its request is done.
 
 *GIMME only works locally.*  The manager hands out ports only to clients on
 its own host (loopback peers); from elsewhere it answers FAIL and hangs up.
-LIST works from anywhere.
+LIST works from anywhere.  The original manager takes 127.0.0.1 alone for
+local, not ::1, so a host name is tried address by address with IPv4 ones
+first, whatever order the resolver gives (glibc puts ::1 first for
+``localhost`` where /etc/hosts lists both, as Debian's does).
 
 Byte-level habits we keep to, so that we also work against the original
 NSCLDAQ server (``DaqPortManager``, Tcl): requests end in ``\\n`` and go out in
@@ -72,7 +75,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, NamedTuple
 
-from .protocol import format_list, parse_list
+from .protocol import decode_line, encode_line, format_list, parse_list
 
 __all__ = [
     "PortAllocator", "AsyncPortAllocator", "Allocation",
@@ -158,6 +161,20 @@ def login_user() -> str:
 
 def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    """The numeric addresses of ``host`` to try in turn, IPv4 first.
+
+    The original manager honours GIMME from 127.0.0.1 alone, and where
+    /etc/hosts names both 127.0.0.1 and ::1 ``localhost`` (Debian's default)
+    glibc sorts ::1 first: following its order would ask for a port over
+    IPv6 and be refused.  Our manager takes either.  Raises OSError
+    (socket.gaierror) when the name does not resolve.
+    """
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)     # stable
+    return list(dict.fromkeys(info[4][0] for info in infos))
 
 
 def _check_name(what: str, name: str) -> str:
@@ -272,7 +289,7 @@ class _Connection:
         self.ports: list[int] = []
         self._buf = bytearray()
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock = self._open_socket(host, port, timeout)
         except socket.timeout:
             raise PortManagerUnavailable(
                 f"can't connect to port manager at {self.where}: timed out") from None
@@ -281,6 +298,19 @@ class _Connection:
                 f"can't connect to port manager at {self.where}: {exc.strerror or exc}",
                 exc.errno) from None
 
+    @staticmethod
+    def _open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
+        """A socket connected to the first address of ``host`` that answers;
+        raises the last address's error when none does."""
+        error: OSError | None = None
+        for address in _addresses(host, port):
+            try:
+                return socket.create_connection((address, port), timeout=timeout)
+            except OSError as exc:
+                error = exc
+        assert error is not None        # getaddrinfo returns an address or raises
+        raise error
+
     def request(self, line: str) -> str:
         """Send one request line; return the first line of the reply."""
         self._send(line)
@@ -288,7 +318,7 @@ class _Connection:
 
     def _send(self, line: str) -> None:
         try:
-            self.sock.sendall((line + "\n").encode("utf-8"))
+            self.sock.sendall(encode_line(line + "\n"))
         except socket.timeout:
             raise self._timed_out() from None
         except OSError as exc:
@@ -301,7 +331,7 @@ class _Connection:
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[:nl + 1]
-                return line.rstrip(b"\r").decode("utf-8", "replace")
+                return decode_line(line.rstrip(b"\r"))
             try:
                 data = self.sock.recv(_RECV_SIZE)
             except socket.timeout:
@@ -536,14 +566,13 @@ class _AsyncConnection:
         evloop.open_async); for localhost that is a look-up in /etc/hosts."""
         self.started = True
         try:
-            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+            # Every address in turn, IPv4 first (see _addresses): a manager
+            # listening on ::1 alone still answers "localhost" after
+            # 127.0.0.1 refused.
+            self.addresses = _addresses(self.host, self.port)
         except OSError as exc:
             self.loop.after_idle(self._connect_failed, exc)
             return
-        # Every address in turn, as socket.create_connection does: a manager
-        # listening on 127.0.0.1 alone still answers "localhost" after ::1
-        # refused.
-        self.addresses = list(dict.fromkeys(info[4][0] for info in infos))
         self._try_next()
 
     def _try_next(self) -> None:
@@ -554,6 +583,8 @@ class _AsyncConnection:
         except OSError as exc:
             self.loop.after_idle(self._connect_failed, exc)
             return
+        # Bytes in and out: lines are decoded and encoded as Tcl does.
+        self.channel.configure(encoding="binary")
         self.loop.fileevent(self.channel, "writable", self._connected)
 
     def _connected(self) -> None:
@@ -597,7 +628,7 @@ class _AsyncConnection:
             return
         self.in_flight = True
         try:
-            self.channel.puts(self.queue[0].line)      # one line, one send
+            self.channel.puts(encode_line(self.queue[0].line))    # one line, one send
         except OSError as exc:
             # Report from the loop, never from inside the caller's request.
             self.loop.after_idle(self._lose, exc)
@@ -606,7 +637,7 @@ class _AsyncConnection:
         try:
             line = self.channel.gets()
             while line is not None:
-                self._reply_line(line)
+                self._reply_line(decode_line(line))
                 if self.closed:
                     return
                 line = self.channel.gets()

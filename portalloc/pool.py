@@ -10,9 +10,11 @@ Two things the original NSCLDAQ ``PortManager.tcl`` did not do:
 
 *Bind probe.*  A pool only knows about its own reservations, but other
 programs on the host may already listen on a port in the range.  By default
-every candidate is checked with :func:`probe_port`, which binds it (IPv4
-and, where the host has it, IPv6) and closes it again; a port that cannot be
-bound is skipped.  The probe deliberately does *not* set ``SO_REUSEADDR``.
+every candidate is checked with :func:`probe_port`, which binds it on every
+address, IPv4 and IPv6, and closes it again; a port that cannot be bound is
+skipped.  One socket does it: ``[::]`` with ``IPV6_V6ONLY`` off conflicts
+with every IPv4 and every IPv6 socket on the port (on a host without IPv6,
+``0.0.0.0`` does for IPv4).  The probe deliberately does *not* set ``SO_REUSEADDR``.
 The port goes to an application we know nothing about; one that sets
 ``SO_REUSEADDR`` (Tcl, asyncio, most servers) could also bind over a
 connection of the port's previous user lingering in ``TIME_WAIT``, but one
@@ -70,43 +72,41 @@ class PortUnavailable(PoolError):
 def probe_port(port: int) -> bool:
     """Return True if a TCP server could bind ``port`` on every address now.
 
-    Binds ``0.0.0.0:port`` and, when the host has IPv6, ``[::]:port`` with
-    ``IPV6_V6ONLY``, both without ``SO_REUSEADDR`` (see the module doc), and
-    closes them at once.  A port below 1024 that we may not bind counts as
-    unavailable.  Never raises for a busy port; raises ValueError for a
-    number that is not a port.
+    Binds ``[::]:port`` with ``IPV6_V6ONLY`` off, or ``0.0.0.0:port`` where
+    the host has no usable IPv6, without ``SO_REUSEADDR`` (see the module
+    doc), and closes the socket at once.  A port below 1024 that we may not
+    bind counts as unavailable.  Never raises for a busy port; raises
+    ValueError for a number that is not a port.
     """
     if not 0 < port < 65536:
         raise ValueError(f"not a TCP port: {port!r}")
-    if not _bind_ok(socket.AF_INET, ("0.0.0.0", port)):
-        return False
-    if socket.has_ipv6 and not _bind_ok(socket.AF_INET6, ("::", port)):
-        return False
-    return True
+    bound = _bind_ok(socket.AF_INET6, ("::", port))
+    if bound is None:
+        bound = _bind_ok(socket.AF_INET, ("0.0.0.0", port))
+    return bound is not False       # None: no IP at all, nothing to conflict
 
 
 # Errors that mean "this host has no such address family", not "port busy".
 _NO_FAMILY = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT}
 
 
-def _bind_ok(family: int, address: tuple[str, int]) -> bool:
-    """Bind a fresh TCP socket of ``family`` to ``address``; True on success."""
+def _bind_ok(family: int, address: tuple[str, int]) -> bool | None:
+    """Bind a fresh TCP socket of ``family`` to ``address``: True if it
+    bound, False if the port is taken, None if the host lacks the family."""
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
         if exc.errno in _NO_FAMILY:
-            return True  # IPv6 disabled: nothing there can conflict
+            return None
         raise
     with sock:
-        if family == socket.AF_INET6:
-            # Probe IPv6 alone; the IPv4 side was probed on its own socket,
-            # and a dual-stack bind would fail where only IPv6 is off.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind(address)
         except OSError as exc:
             if exc.errno in _NO_FAMILY:
-                return True
+                return None
             if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
                 return False
             raise

@@ -60,14 +60,34 @@ characters in 16 bits, so ``\\U0001F600`` becomes U+FFFD there, while the
 surrogate pair ``\\uD83D\\uDE00`` becomes the emoji, and a backslash before
 a literal emoji yields U+FFFD.  We do the same.  Characters outside the BMP
 that are not behind a backslash pass through untouched, in both directions.
+
+How Tcl turns the bytes of a line into text, and back
+-----------------------------------------------------
+The original reads and writes its sockets in the system encoding, UTF-8,
+and Tcl 8.6's UTF-8 never fails: :func:`decode_line` and
+:func:`encode_line` do what it does, so that garbage from one client is
+listed to the others as the original would list it.
+
+* Reading, a byte that does not start a valid sequence stands for the
+  character of the same number (``\xff`` reads as U+00FF), and decoding
+  goes on at the next byte.  Two exceptions: ``\xc0\x80`` reads as U+0000,
+  and the three-byte form of a UTF-16 surrogate reads as that surrogate (a
+  high one followed by a low one, as one character).
+* Writing, a lone surrogate is written in that three-byte form.
+
+So no byte sequence is refused and every name is written back as it was
+read, except invalid sequences, which come back as the UTF-8 of their
+Latin-1 reading.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable
 
-__all__ = ["format_list", "parse_list", "format_reply"]
+__all__ = ["format_list", "parse_list", "format_reply", "decode_line", "encode_line",
+           "lsort_key"]
 
 # The characters Tcl's list code treats specially.  \0 is absent on purpose:
 # Tcl stores NUL as the two bytes C0 80, which are ordinary characters.
@@ -299,11 +319,67 @@ def _join_surrogates(m: re.Match[str]) -> str:
     return chr(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
 
 
+def decode_line(data: bytes) -> str:
+    """The text of the bytes of a line, read as Tcl 8.6 reads UTF-8 (see the
+    module notes).  Never raises."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", _TCL_READING)
+        return _SURROGATE_PAIR.sub(_join_surrogates, text)
+
+
+def encode_line(text: str) -> bytes:
+    """The bytes of ``text`` as Tcl 8.6 writes UTF-8: lone surrogates in
+    their three-byte form.  Never raises."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def lsort_key(text: str) -> bytes:
+    """A key that sorts strings as Tcl 8.6's ``lsort`` does.
+
+    ``lsort`` compares the bytes Tcl holds a string in: UTF-8, except that
+    NUL is the two bytes C0 80 and a character past U+FFFF is a surrogate
+    pair (three bytes each).  So NUL sorts after ``z``, and an emoji before
+    U+E000; elsewhere this is code point order.
+    """
+    if text.isascii() and "\x00" not in text:
+        return text.encode("ascii")
+    text = _ASTRAL.sub(_split_surrogates, text)
+    return text.encode("utf-8", "surrogatepass").replace(b"\x00", b"\xc0\x80")
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _split_surrogates(m: re.Match[str]) -> str:
+    offset = ord(m.group()) - 0x10000
+    return chr(0xD800 + (offset >> 10)) + chr(0xDC00 + (offset & 0x3FF))
+
+
+def _read_like_tcl(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what Tcl makes of the bytes Python's UTF-8
+    decoder refuses at ``exc.start``, and where decoding goes on."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    data, i = exc.object, exc.start
+    if data[i:i + 2] == b"\xc0\x80":
+        return "\x00", i + 2
+    if (data[i] == 0xED and i + 2 < len(data)
+            and 0xA0 <= data[i + 1] <= 0xBF and 0x80 <= data[i + 2] <= 0xBF):
+        return data[i:i + 3].decode("utf-8", "surrogatepass"), i + 3
+    return chr(data[i]), i + 1
+
+
+_TCL_READING = "portalloc.protocol.tcl"
+codecs.register_error(_TCL_READING, _read_like_tcl)
+
+
 def format_reply(*words: object) -> bytes:
-    """Return one protocol line: the Tcl list of ``words``, UTF-8, ending ``\\r\\n``.
+    """Return one protocol line: the Tcl list of ``words``, ending ``\\r\\n``.
 
     The original server writes with Tcl's ``puts`` on a socket, whose output
     translation is crlf, so every reply line ends in ``\\r\\n``:
     ``format_reply("FAIL", "no free ports") == b"FAIL {no free ports}\\r\\n"``.
     """
-    return (format_list(words) + "\r\n").encode("utf-8")
+    return encode_line(format_list(words) + "\r\n")

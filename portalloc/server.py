@@ -10,7 +10,10 @@ client waits for; and configure the channel as the original's Tcl socket
 was: input translation ``auto`` (a request may end in ``\\n``, ``\\r\\n`` or
 a lone ``\\r``), output ``crlf`` (every reply line ends in ``\\r\\n``, even
 the newlines *inside* a LIST reply or a quoted name, as Tcl's ``puts``
-does).  Output buffering is ``full`` with a buffer far larger than any
+does).  Its encoding is ``binary``: each line is decoded and each reply
+encoded by `portalloc.protocol.decode_line` / `encode_line`, which never
+fail and treat invalid UTF-8 and lone surrogates exactly as Tcl does.
+Output buffering is ``full`` with a buffer far larger than any
 reply, so nothing leaves until we flush.  Per connection we keep one small
 `_Client` (``__slots__``): the channel, the peer's host, the local flag and
 the ports it holds -- a few hundred bytes beside the channel itself.
@@ -73,7 +76,7 @@ from typing import Any, Callable, Sequence
 import evloop
 
 from .pool import PoolExhausted, PortPool, probe_port
-from .protocol import format_list, parse_list
+from .protocol import decode_line, encode_line, format_list, lsort_key, parse_list
 
 __all__ = ["PortManagerServer", "is_loopback", "main",
            "DEFAULT_LISTEN", "DEFAULT_PORTS"]
@@ -128,33 +131,6 @@ def _show(name: str) -> str:
     return name if name.isprintable() and name else repr(name)
 
 
-def _probe(port: int) -> bool:
-    """`probe_port` in one bind instead of two where the host has IPv6.
-
-    An IPv6 wildcard bind with ``IPV6_V6ONLY`` off conflicts with every
-    IPv4 and IPv6 socket on the port, exactly the sockets `probe_port`'s two
-    binds look for, so one socket answers for both (like it, no
-    ``SO_REUSEADDR``).  Where IPv6 is missing, `probe_port` decides.
-    """
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    except OSError as exc:
-        if exc.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
-            return probe_port(port)
-        raise
-    with sock:
-        try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EPERM):
-                return False
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                return probe_port(port)      # IPv6 present but not usable
-            raise
-    return True
-
-
 class _Client:
     """One connection: its channel, peer and the ports it holds."""
 
@@ -183,7 +159,7 @@ class PortManagerServer:
     def __init__(self, ports: tuple[int, int] = DEFAULT_PORTS, port: int = DEFAULT_LISTEN,
                  host: str = "", usage_file: str | os.PathLike[str] | None = None,
                  loop: evloop.Loop | None = None, *, pool: PortPool | None = None,
-                 probe: Callable[[int], bool] | None = _probe,
+                 probe: Callable[[int], bool] | None = probe_port,
                  max_line: int = MAX_LINE, output_limit: int = OUTPUT_LIMIT) -> None:
         self.loop = loop if loop is not None else evloop.get_loop()
         self.pool = pool if pool is not None else PortPool(ports[0], ports[1], probe=probe)
@@ -194,7 +170,7 @@ class PortManagerServer:
         self._clients: set[_Client] = set()
         self._replies: dict[_Client, None] = {}        # replies to flush at commit
         self._usage_dirty = self.usage_file is not None
-        self._list_cache: str | None = None
+        self._list_cache: bytes | None = None
         self._commit_timer: Any = None
         self._retry_timer: Any = None
         self._usage_error: str | None = None
@@ -235,7 +211,7 @@ class PortManagerServer:
                 ch.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass        # the peer is already gone; the first read says so
-        ch.configure(translation=("auto", "crlf"), buffering="full",
+        ch.configure(translation=("auto", "crlf"), encoding="binary", buffering="full",
                      buffersize=_BUFFERSIZE)
         client = _Client(ch, host, local)
         self._clients.add(client)
@@ -266,7 +242,7 @@ class PortManagerServer:
                 return
             if _pending_out(ch) > self.output_limit and not self._try_flush(client):
                 return
-            self._request(client, line)
+            self._request(client, decode_line(line))
 
     def _try_flush(self, client: _Client) -> bool:
         """Send what the client's socket takes; drop the client if it still
@@ -295,14 +271,14 @@ class PortManagerServer:
             self._gimme(client, words[1] if len(words) > 1 else "",
                         words[2] if len(words) > 2 else "")
         elif command == "LIST":
-            self._reply(client, self._list_text())
+            self._reply(client, self._list_reply())
         else:
             self._refuse(client, f"Invalid request {line}",
                          f"{client.host} issued an illegal request: {_show(line)}")
 
     def _gimme(self, client: _Client, app: str, user: str) -> None:
         if not client.local:
-            reason = f"{client.host} ({client.host}) : Only local applications get ports"
+            reason = f"{client.host} : Only local applications get ports"
             self._refuse(client, reason, f"Unable to allocate a port for {_show(app)} "
                          f"run by {_show(user)} because: {reason}")
             return
@@ -321,13 +297,13 @@ class PortManagerServer:
             client.ports.append(port)
             self._changed()
             log.info("Port %d was allocated to %s run by %s", port, _show(app), _show(user))
-            self._reply(client, f"OK {port}")
+            self._reply(client, b"OK %d" % port)
             return
         log.warning("Unable to allocate a port for %s run by %s because: %s",
                     _show(app), _show(user), reason)
-        self._reply(client, format_list(("FAIL", reason)))
+        self._reply(client, encode_line(format_list(("FAIL", reason))))
 
-    def _list_text(self) -> str:
+    def _list_reply(self) -> bytes:
         """The LIST reply, lines joined by ``\\n`` (the channel makes them
         ``\\r\\n``); rebuilt only when the table changed."""
         text = self._list_cache
@@ -335,22 +311,22 @@ class PortManagerServer:
             groups: dict[tuple[str, str], list[int]] = {}
             for port, key in self._alloc.items():
                 groups.setdefault((key[1], key[0]), []).append(port)
-            # The original sorts the strings [list $user $app] (Tcl lsort:
-            # code point order), so quoting takes part in the order.
-            keyed = sorted((format_list(k), k, ports) for k, ports in groups.items())
+            # The original sorts the strings [list $user $app] with lsort,
+            # so quoting takes part in the order.
+            keyed = sorted((lsort_key(format_list(k)), k, ports) for k, ports in groups.items())
             lines = [f"OK {len(self._alloc)}"]
             for _, (user, app), ports in keyed:
                 ports.sort()
                 lines.append(format_list((ports[0], app, user)))
                 for i in range(1, len(ports)):
                     lines.append(format_list((ports[i], f"{app}_{i}", user)))
-            text = self._list_cache = "\n".join(lines)
+            text = self._list_cache = encode_line("\n".join(lines))
         return text
 
-    def _reply(self, client: _Client, text: str) -> None:
+    def _reply(self, client: _Client, data: bytes) -> None:
         """Queue one reply; the commit of this pass sends it."""
         try:
-            client.ch.puts(text)
+            client.ch.puts(data)
         except OSError as exc:
             self._drop(client, f"write error: {exc.strerror or exc}")
             return
@@ -362,7 +338,7 @@ class PortManagerServer:
         log.warning("%s", message)
         ch = client.ch
         try:
-            ch.puts(format_list(("FAIL", reason)))
+            ch.puts(encode_line(format_list(("FAIL", reason))))
             ch.flush()
         except OSError:
             pass
@@ -464,7 +440,8 @@ def _write_atomically(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape",
+        # Names are written as the original writes them (see decode_line).
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass",
                        newline="") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -508,9 +485,26 @@ def _listen_port(text: str) -> int:
     return port
 
 
+_EPILOG = f"""\
+Clients on this host take a port with GIMME and hold it for as long as
+their connection lives; LIST tells anyone who holds which port.  GIMME from
+any other host is refused.  The protocol is the original DaqPortManager's.
+
+Every option may also be written with one dash (-ports, -listen ...), as
+the original's are.  A default file whose directory can't be written goes
+to {FALLBACK_DIR} instead, and the log says so.  The port file is written
+once the server listens.
+
+SIGTERM or SIGINT stops the server: it closes every connection, empties the
+usage file, removes the pid file and exits 0.  Exit status 1: a file or the
+listen address can't be had; 2: a bad option.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="portalloc-server", allow_abbrev=False,
-                description="NSCLDAQ-compatible TCP port manager (runs in the foreground).")
+                description="NSCLDAQ-compatible TCP port manager (runs in the foreground).",
+                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ports", "-ports", type=_port_range, default=DEFAULT_PORTS,
                    metavar="LOW-HIGH", help="ports to hand out (default 30001-31000)")
     p.add_argument("--listen", "-listen", type=_listen_port, default=DEFAULT_LISTEN,
@@ -624,6 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = logging.getLogger("portalloc")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    for given, chosen, default in ((args.log, log_path, DEFAULT_LOG),
+                                   (args.usagefile, usage_path, DEFAULT_USAGEFILE),
+                                   (args.portfile, port_path, DEFAULT_PORTFILE),
+                                   (args.pidfile, pid_path, DEFAULT_PIDFILE)):
+        if given is None and chosen != default:
+            log.warning("%s can't be written: using %s", os.path.dirname(default), chosen)
     previous_loop = getattr(evloop.loop._local, "loop", None)
     evloop.set_loop(loop)
     try:

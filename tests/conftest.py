@@ -85,6 +85,7 @@ def tnet(testnet_module):
 # A real `python -m portalloc.server` subprocess on a free listen port, its
 # files in the test's tmp_path.  `start_portmgr(tmp_path, ...)` starts one
 # with other options; the `portmgr` fixture starts one with the defaults.
+# `start_original_portmgr` starts the original NSCLDAQ server (opt-in).
 
 import signal as _pm_signal
 import socket as _pm_socket
@@ -142,6 +143,47 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
         _pm_time.sleep(0.01)
     low, high = (int(x) for x in ports.split("-"))
     return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
+
+
+def start_original_portmgr(tmp_path, tclsh: str, ports: str,
+                           timeout: float = 10.0) -> PortManagerProcess:
+    """Start NSCLDAQ's own DaqPortManager.tcl from ``$NSCLDAQ_SERVER_DIR`` (a
+    directory with ``bin/DaqPortManager.tcl`` and ``TclLibs/``, tcllib
+    installed), or skip.  It writes /var/tmp/daqportmgr/ports.txt whatever
+    it is told, so it runs in a private mount namespace with a tmpfs there;
+    ``.paths.usagefile`` reaches that file through /proc."""
+    root = Path(os.environ.get("NSCLDAQ_SERVER_DIR") or "/nonexistent")
+    if not (root / "bin" / "DaqPortManager.tcl").exists():
+        pytest.skip("set NSCLDAQ_SERVER_DIR to the original port manager's directory")
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private /var/tmp")
+    with _pm_socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        listen = s.getsockname()[1]
+    paths = _PmNamespace(portfile=tmp_path / "listen.port", log=tmp_path / "portmanager.log",
+                         pidfile=tmp_path / "portmgr.pid")
+    inner = (f"mount -t tmpfs none /var/tmp && mkdir -p /var/tmp/daqportmgr && exec {tclsh} "
+             f"{root / 'bin' / 'DaqPortManager.tcl'} -listen {listen} -ports {ports} "
+             f"-log {paths.log} -portfile {paths.portfile} -pidfile {paths.pidfile}")
+    # unshare and sh exec, so the process is tclsh itself.
+    proc = _pm_subprocess.Popen(["unshare", "-m", "sh", "-c", inner],
+                                stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.PIPE)
+    paths.usagefile = Path(f"/proc/{proc.pid}/root/var/tmp/daqportmgr/ports.txt")
+    deadline = _pm_time.monotonic() + timeout
+    # It writes the port file before it listens: wait for a connect.
+    while True:
+        if proc.poll() is not None:
+            pytest.skip(f"original port manager did not start: {proc.stderr.read()[:200]!r}")
+        try:
+            _pm_socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            break
+        except OSError:
+            if _pm_time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("original port manager did not start listening")
+            _pm_time.sleep(0.01)
+    low, high = (int(x) for x in ports.split("-"))
+    return PortManagerProcess(proc, listen, paths, low, high)
 
 
 @pytest.fixture

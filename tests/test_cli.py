@@ -131,6 +131,17 @@ def test_list_keeps_a_name_with_a_line_break_on_one_line(portmgr, capsys):
     assert rows == [["a\nb", "fox"]]
 
 
+def test_list_writes_a_lone_surrogate_as_a_tcl_escape(portmgr):
+    # Strict UTF-8 cannot print one; \uD800 is the same element in Tcl.
+    with portmgr.connect() as raw:
+        raw.sendall(b"GIMME x\\uD800 fox\n")
+        assert raw.recv(100).startswith(b"OK ")
+        r = portalloc("list", "--port", str(portmgr.port))
+    assert r.returncode == 0 and r.stderr == ""
+    assert [parse_list(line)[1:] for line in r.stdout.splitlines()] == [["x\ud800", "fox"]]
+    assert "x\\uD800" in r.stdout
+
+
 def test_list_prints_a_header_only_on_a_terminal(portmgr, held):
     master, slave = pty.openpty()
     try:
@@ -324,6 +335,21 @@ def test_bad_usage_is_exit_2_with_one_line(args, capsys):
     err = capsys.readouterr().err
     assert err.startswith("portalloc: error: ")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command, words", [
+    ("list", ["PORT APPLICATION USER", "Tcl list", "USER-PATTERN", "--json"]),
+    ("find", ["exit 1 if none", "SERVICE_1", "--user", "--json"]),
+    ("allocate", ["$PORT", "{port}", "held until COMMAND exits", "passed on to COMMAND",
+                  "the name to register the port under"]),
+])
+def test_each_commands_help_explains_it(command, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for w in [*words, "listen.port", "exit status"]:
+        assert w in out
 
 
 def test_help_documents_the_exit_codes(capsys):

@@ -174,6 +174,25 @@ def test_probe_sees_an_ipv6_only_listener() -> None:
         assert probe_port(port) is False
 
 
+@pytest.mark.parametrize("family, host, listen", [
+    (socket.AF_INET, "0.0.0.0", True),
+    (socket.AF_INET, "127.0.0.2", True),
+    (socket.AF_INET, "127.0.0.1", False),          # bound, not listening: still taken
+    (socket.AF_INET6, "::", True),                 # IPv6 only (V6ONLY set)
+])
+def test_probe_sees_a_socket_on_any_address_of_either_family(family, host, listen) -> None:
+    if family == socket.AF_INET6 and not _ipv6_loopback():
+        pytest.skip("no IPv6")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    with sock:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, 0))
+        if listen:
+            sock.listen(1)
+        assert probe_port(sock.getsockname()[1]) is False
+
+
 def test_pool_skips_a_port_held_by_an_outside_program(busy_port: int) -> None:
     pool = PortPool(busy_port, busy_port)
     with pytest.raises(PoolExhausted):

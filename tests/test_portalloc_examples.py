@@ -65,6 +65,17 @@ def test_list_ports_takes_a_host(portmgr):
     assert result.stdout == f"Port {port} allocated to svc run by {ME}\n"
 
 
+def test_list_ports_prints_a_name_with_a_lone_surrogate_as_tcl_would(portmgr):
+    with portmgr.connect() as raw:
+        raw.sendall(b"GIMME x\\uD800 fox\n")
+        port = int(raw.recv(100).split()[1])
+        result = subprocess.run(**example_popen_args("list_ports.py", "--port", str(portmgr.port)),
+                                capture_output=True, timeout=20)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == f"Port {port} allocated to x\ud800 run by fox\n".encode(
+        "utf-8", "surrogatepass")
+
+
 def test_list_ports_of_nothing_prints_nothing(portmgr):
     result = subprocess.run(**example_popen_args("list_ports.py", "--port", str(portmgr.port)),
                             capture_output=True, text=True, timeout=20)

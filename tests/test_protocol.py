@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from portalloc.protocol import format_list, format_reply, parse_list
+from portalloc.protocol import (decode_line, encode_line, format_list, format_reply, lsort_key,
+                                parse_list)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,6 +32,19 @@ while {[gets stdin line] >= 0} {
             set elems {}
             foreach h [lrange $words 1 end] { lappend elems [dec $h] }
             puts [enc [list {*}$elems]]
+        }
+        D {
+            set out {}
+            foreach c [split [dec [lindex $words 1]] ""] { lappend out [scan $c %c] }
+            puts [join $out " "]
+        }
+        E {
+            puts [enc [dec [lindex $words 1]]]
+        }
+        S {
+            set elems {}
+            foreach h [lrange $words 1 end] { lappend elems [dec $h] }
+            puts [lsort -indices $elems]
         }
         P {
             set s [dec [lindex $words 1]]
@@ -72,6 +86,27 @@ class _Tclsh:
 
     def list(self, elements: Sequence[str]) -> str:
         return _unhex(self._ask(" ".join(["F", *map(_hex, elements)])))
+
+    def decode(self, data: bytes) -> list[int]:
+        """The code points Tcl reads from the UTF-8 bytes of a line, ``data``.
+
+        The line end goes with it, as a socket's reader sees it: at the very
+        end of its input, ``encoding convertfrom`` in 8.6.13 reads a cut-off
+        four-byte sequence as a surrogate of whatever follows in memory.
+        """
+        points = [int(c) for c in self._ask("D x" + (data + b"\n").hex()).split()]
+        assert points[-1] == 10
+        return points[:-1]
+
+    def encode(self, text: str) -> bytes:
+        """The UTF-8 bytes Tcl writes for ``text`` (which travels in Tcl's
+        own form, lone surrogates included)."""
+        return bytes.fromhex(self._ask("E x" + text.encode("utf-8", "surrogatepass").hex())[1:])
+
+    def lsort_order(self, strings: Sequence[str]) -> list[int]:
+        """The indices of ``strings`` in the order ``lsort`` puts them."""
+        hexed = ["x" + t.encode("utf-8", "surrogatepass").hex() for t in strings]
+        return [int(i) for i in self._ask(" ".join(["S", *hexed])).split()]
 
     def parse(self, text: str) -> list[str] | ValueError:
         """The elements of ``text``, or a ValueError carrying tclsh's message."""
@@ -221,6 +256,54 @@ def test_random_strings_parse_like_tclsh(tclsh: _Tclsh) -> None:
             mismatches.append((text, ours, theirs))
     assert mismatches == []
     assert errors > 100, "the alphabet should produce malformed lists too"
+
+
+# --- bytes on the wire ----------------------------------------------------------
+
+# Bytes that start, continue or break UTF-8 sequences, overlong forms, the
+# three-byte surrogates, and sequences past U+10FFFF.
+_NASTY_BYTES = [0x00, 0x41, 0x0A, 0x80, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC3, 0xE0, 0xE2,
+                0x82, 0xED, 0xB0, 0xF0, 0x98, 0xF4, 0x90, 0xF8, 0xFE, 0xFF]
+
+
+@pytest.mark.parametrize("data", [
+    b"\xff", b"\xfeA", b"\xc0\x80", b"\xed\xa0\x80", b"\xed\xa0\x80\xed\xb0\x80",
+    b"\xed\xb0\x80", b"\xc3", b"\xe2\x82A", b"\xf0\x9f\x98\x80", b"\xf0\x9f\x98",
+    b"\xc1\xbf", b"\xe0\x80\x80", b"\xf4\x90\x80\x80", b"caf\xc3\xa9",
+], ids=repr)
+def test_decode_line_reads_bytes_as_tclsh_does(tclsh: _Tclsh, data: bytes) -> None:
+    assert [ord(c) for c in decode_line(data)] == tclsh.decode(data)
+
+
+def test_random_bytes_decode_like_tclsh(tclsh: _Tclsh) -> None:
+    rng = random.Random(3)
+    mismatches = []
+    for _ in range(3000):
+        data = bytes(rng.choice(_NASTY_BYTES) for _ in range(rng.randrange(1, 9)))
+        ours = [ord(c) for c in decode_line(data)]
+        if ours != tclsh.decode(data):
+            mismatches.append(data)
+    assert mismatches == []
+
+
+@pytest.mark.parametrize("text", [
+    "plain", "caf\u00e9", "\ud800", "\udc00x", "\U0001f600", "\x00", "\u00ff\u00fe", "a\ud83d",
+], ids=repr)
+def test_encode_line_writes_bytes_as_tclsh_does(tclsh: _Tclsh, text: str) -> None:
+    assert encode_line(text) == tclsh.encode(text)
+
+
+def test_lsort_key_orders_strings_as_tclsh_lsort(tclsh: _Tclsh) -> None:
+    alphabet = ["a", "z", "A", " ", "{", "~", "\x00", "\x7f", "\x80", "\u00e9", "\u07ff",
+                "\u0800", "\ud7ff", "\ud800", "\udc00", "\ue000", "\ufffd", "\U0001f600",
+                "\U0010ffff"]
+    rng = random.Random(4)
+    for _ in range(200):
+        strings = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+                   for _ in range(8)]
+        ours = sorted(range(len(strings)), key=lambda i: lsort_key(strings[i]))
+        theirs = tclsh.lsort_order(strings)
+        assert [strings[i] for i in ours] == [strings[i] for i in theirs], strings
 
 
 # --- fixed expectations (these run without tclsh) --------------------------------
