@@ -14,6 +14,9 @@ character split between two segments is never cut.  While the buffer still
 holds data that the last ``gets`` or ``read`` left behind, the loop counts the
 channel readable (Tcl's rule): a handler that reads one line per call is
 called again for the next line even though the socket itself has nothing new.
+What a request left because it could not use it (part of a line after
+``gets``, part of a character after ``read``: ``blocked()`` is true) does not
+count, or the handler would be called again and again for it.
 
 Output.  ``puts`` encodes and appends to the output buffer, which is sent
 according to the buffering mode: ``line`` (the default: at each newline),
@@ -152,7 +155,7 @@ class Channel:
             line = bytes(self._inbuf)          # last line, unterminated
             self._inbuf.clear()
         self._blocked = line is None and not self._eof
-        if self._inbuf and not self._blocked:
+        if self._has_input():
             self._loop._note_input(self)
         if line is None or self._encoding == "binary":
             return line
@@ -171,7 +174,6 @@ class Channel:
         while not self._eof and not self._holds(n, binary):
             if not self._fill() and not self._blocking:
                 break
-        self._blocked = not self._inbuf and not self._eof
         data = bytes(self._inbuf)
         self._inbuf.clear()
         data = self._translate_in(data)
@@ -183,7 +185,11 @@ class Channel:
         else:
             text, rest = self._decode_prefix(data, n)
             self._inbuf[:0] = rest
-        if self._inbuf:
+        # As Tcl's fblocked: short of what was asked for (all of it, when n
+        # is None) for lack of input.  What is left then, part of a
+        # character, is no reason to call the readable handler again.
+        self._blocked = not self._eof and (n is None or len(text) < n)
+        if self._has_input():
             self._loop._note_input(self)
         return text
 
@@ -192,7 +198,13 @@ class Channel:
         return self._eof and not self._inbuf
 
     def blocked(self) -> bool:
-        """True if the last ``gets``/``read`` could not be met for lack of input."""
+        """True if the last ``gets``/``read`` could not be met for lack of input.
+
+        Tcl's ``fblocked``: after ``gets`` no complete line was buffered;
+        after ``read(n)`` fewer than ``n`` characters were (any ``read()``
+        that stops short of end of file counts).  Until more input comes,
+        the loop does not count the channel readable for what is left.
+        """
         return self._blocked
 
     def _holds(self, n: int | None, binary: bool) -> bool:

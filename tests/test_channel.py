@@ -255,8 +255,6 @@ def test_read_on_a_utf8_character_split_between_sends(loop, chpair):
     wait_for(loop, lambda: text.append(ch.read()) or "".join(text) == "ab\u20ac!")
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: a partial UTF-8 character left in "
-                   "the buffer by read() keeps the channel 'readable' (busy loop)")
 def test_readable_handler_using_read_is_not_called_again_for_half_a_character(loop, chpair):
     ch, peer = chpair
     calls, text = [], []
