@@ -170,21 +170,11 @@ class Channel:
         self._check_open()
         if n is not None and n < 0:
             raise ValueError("read size must be >= 0")
-        binary = self._encoding == "binary"
-        while not self._eof and not self._holds(n, binary):
+        while not self._eof and not self._holds(n):
             if not self._fill() and not self._blocking:
                 break
-        data = bytes(self._inbuf)
-        self._inbuf.clear()
-        data = self._translate_in(data)
-        if binary:
-            text: str | bytes = data
-            if n is not None and len(data) > n:
-                self._inbuf[:0] = data[n:]       # translated already
-                text = data[:n]
-        else:
-            text, rest = self._decode_prefix(data, n)
-            self._inbuf[:0] = rest
+        text, used = self._cooked(n)
+        self._consume(used)
         # As Tcl's fblocked: short of what was asked for (all of it, when n
         # is None) for lack of input.  What is left then, part of a
         # character, is no reason to call the readable handler again.
@@ -207,11 +197,11 @@ class Channel:
         """
         return self._blocked
 
-    def _holds(self, n: int | None, binary: bool) -> bool:
-        """Whether the input buffer holds ``n`` bytes (binary) or characters."""
-        if n is None or len(self._inbuf) < n:
+    def _holds(self, n: int | None) -> bool:
+        """Whether the input buffer holds ``n`` characters (bytes when binary)."""
+        if n is None or len(self._inbuf) < n:     # never fewer bytes than that
             return False
-        return binary or len(self._inbuf.decode(self._encoding, "replace")) >= n
+        return len(self._cooked(n)[0]) >= n
 
     def _has_input(self) -> bool:
         """Whether the loop should call the readable handler without I/O."""
@@ -230,70 +220,99 @@ class Channel:
         if not data:
             self._eof = True
             return 0
-        self._inbuf += data
+        if self._skip_lf:
+            self._skip_lf = False
+            # The \n of a \r\n split between two segments: the \r ended the
+            # line already.  (It is set only when the buffer was used up.)
+            self._inbuf += data[1:] if data[0] == 10 else data
+        else:
+            self._inbuf += data
         return len(data)
+
+    def _consume(self, used: int) -> None:
+        """Drop the first ``used`` raw bytes of input, handed out by now.
+
+        A \r as the last byte of the buffer may be half a \r\n whose \n is
+        still on its way: remember to drop that \n when it comes.
+        """
+        buf = self._inbuf
+        self._skip_lf = (self._in_mode in ("auto", "cr") and used == len(buf)
+                         and used > 0 and buf[used - 1] == 13)
+        del buf[:used]
 
     def _take_line(self) -> bytes | None:
         """Remove and return one complete line from the input buffer."""
         buf = self._inbuf
-        if self._skip_lf and buf:
-            self._skip_lf = False
-            if buf[0] == 10:                  # the \n of a \r\n split in two
-                del buf[0]
         mode = self._in_mode
         nl = buf.find(b"\n")
         if mode == "auto" or mode == "cr":
             cr = buf.find(b"\r", 0, nl if nl >= 0 else len(buf))
             if cr >= 0:
                 line = bytes(buf[:cr])
-                if cr + 1 < len(buf):
-                    del buf[:cr + 2 if buf[cr + 1] == 10 else cr + 1]
-                else:                          # \r last: a \n may follow later
-                    del buf[:cr + 1]
-                    self._skip_lf = True
+                self._consume(cr + 2 if buf[cr + 1:cr + 2] == b"\n" else cr + 1)
                 return line
         if nl < 0:
             return None
         end = nl - 1 if mode == "crlf" and nl > 0 and buf[nl - 1] == 13 else nl
         line = bytes(buf[:end])
-        del buf[:nl + 1]
+        self._consume(nl + 1)
         return line
 
+    def _cooked(self, n: int | None) -> tuple[str | bytes, int]:
+        """Up to ``n`` characters (bytes when binary; None: all) of the
+        input, translated and decoded, and how many raw bytes they are.
+
+        Consumes nothing: the buffer keeps raw bytes until `_consume`, so
+        what a ``read(n)`` leaves is translated afresh by the next request,
+        with the bytes around its cut (a \r\n, a lone \r) still in view.
+        """
+        data = self._translate_in(bytes(self._inbuf))
+        if self._encoding == "binary":
+            text: str | bytes = data if n is None else data[:n]
+            size = len(text)
+        else:
+            text, size = self._decode_prefix(data, n)
+        return text, self._raw_length(size)
+
     def _translate_in(self, data: bytes) -> bytes:
-        """Apply input translation to raw bytes handed out by ``read``."""
+        """Input translation: the line ends of ``data`` as \n."""
         mode = self._in_mode
-        if self._skip_lf and data:
-            self._skip_lf = False
-            if data[:1] == b"\n":
-                data = data[1:]
-        if mode in ("auto", "cr") and b"\r" in data:
-            if data.endswith(b"\r"):
-                self._skip_lf = True
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        elif mode == "crlf":
-            data = data.replace(b"\r\n", b"\n")
+        if mode in ("auto", "cr"):
+            return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if mode == "crlf":
+            return data.replace(b"\r\n", b"\n")
         return data
 
-    def _decode_prefix(self, data: bytes, n: int | None) -> tuple[str, bytes]:
+    def _raw_length(self, size: int) -> int:
+        """How many raw input bytes the first ``size`` translated bytes are:
+        each \r\n pair before the cut became a single \n."""
+        if self._in_mode not in ("auto", "cr", "crlf"):
+            return size
+        buf, pairs = self._inbuf, 0
+        at = buf.find(b"\r\n")
+        while 0 <= at < size + pairs:      # this pair's \n is inside the cut
+            pairs += 1
+            at = buf.find(b"\r\n", at + 2)
+        return size + pairs
+
+    def _decode_prefix(self, data: bytes, n: int | None) -> tuple[str, int]:
         """Decode what can be decoded of ``data`` (up to n characters);
-        return the text and the bytes left over (a partial character)."""
+        return the text and how many bytes of ``data`` it is (a partial
+        character at the end is left for later, except at end of file)."""
         decoder = codecs.getincrementaldecoder(self._encoding)("replace")
         text = decoder.decode(data, final=self._eof)
-        pending = decoder.getstate()[0]
-        rest = data[len(data) - len(pending):] if pending else b""
-        if n is not None and len(text) > n:
-            # Re-encode the part handed out to learn its byte length.  With
-            # replacement characters that is not exact, so count per byte.
-            if "\ufffd" not in text[:n]:
-                used = len(text[:n].encode(self._encoding))
-            else:
-                used, decoder = 0, codecs.getincrementaldecoder(self._encoding)("replace")
-                produced = 0
-                while produced < n:
-                    produced += len(decoder.decode(data[used:used + 1]))
-                    used += 1
-            return text[:n], data[used:]
-        return text, rest
+        if n is None or len(text) <= n:
+            return text, len(data) - len(decoder.getstate()[0])
+        # Re-encode the part handed out to learn its byte length.  With
+        # replacement characters that is not exact, so count per byte.
+        if "\ufffd" not in text[:n]:
+            return text[:n], len(text[:n].encode(self._encoding))
+        used, produced = 0, 0
+        decoder = codecs.getincrementaldecoder(self._encoding)("replace")
+        while produced < n:
+            produced += len(decoder.decode(data[used:used + 1]))
+            used += 1
+        return text[:n], used
 
     # --------------------------------------------------------------- output
 

@@ -275,8 +275,6 @@ def test_readable_handler_using_read_is_not_called_again_for_half_a_character(lo
     wait_for(loop, lambda: "".join(text) == "caf\u00e9")
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: read(n) puts translated bytes back "
-                   "in the raw buffer; a lone \\r at the cut loses its line end")
 def test_read_n_across_a_lone_cr_keeps_the_line_end(loop, chpair):
     ch, peer = chpair
     peer.sendall(b"x\r")
@@ -288,6 +286,38 @@ def test_read_n_across_a_lone_cr_keeps_the_line_end(loop, chpair):
     wait_for(loop, lambda: text.append(ch.read()) or "y" in "".join(text))
 
     assert "".join(text) == "\ny"          # the \r was a line end
+
+
+def test_read_n_cut_inside_a_crlf_pair_hands_out_one_line_end(loop, chpair):
+    ch, peer = chpair
+    peer.sendall(b"a\r\nb\r\nc")
+    _arrived(ch)
+
+    assert ch.read(1) == "a"
+    assert ch.read(1) == "\n"
+    assert ch.read(3) == "b\nc"
+    assert ch.read() == ""
+
+
+def test_gets_after_read_n_sees_the_line_end_at_the_cut(loop, chpair):
+    ch, peer = chpair
+    peer.sendall(b"x\ry\n")
+    _arrived(ch)
+
+    assert ch.read(1) == "x"
+    assert ch.gets() == ""                 # the lone \r ended a line
+    assert ch.gets() == "y"
+
+
+def test_blocking_read_n_counts_translated_characters(loop, chpair):
+    ch, peer = chpair
+    ch.configure(blocking=True)
+    peer.sendall(b"a\r\nb\r")              # 5 bytes, but 4 characters
+    later = threading.Timer(0.2, peer.sendall, (b"\nc",))
+    later.start()
+
+    assert ch.read(5) == "a\nb\nc"
+    later.join()
 
 
 def test_read_zero_returns_nothing_and_keeps_the_data(loop, chpair):
