@@ -400,10 +400,11 @@ class Channel:
         """Close the channel; its file events go with it.
 
         A non-blocking channel returns at once and its queued output drains
-        while the loop runs; ``force=True`` discards it.  Raises a background
-        flush error not yet reported.  Closing twice is a no-op.
+        while the loop runs; ``force=True`` discards it, also when given to
+        a second close while that drain is under way.  Raises a background
+        flush error not yet reported.  Closing again is otherwise a no-op.
         """
-        if self._fd < 0 or self._closing:
+        if self._fd < 0 or (self._closing and not force):
             return
         self._closing = True
         loop = self._loop

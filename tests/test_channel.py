@@ -540,8 +540,6 @@ def test_close_force_discards_queued_output(loop, chpair):
     assert received < total
 
 
-@pytest.mark.xfail(strict=True, reason="evloop: close(force=True) on a channel already "
-                   "closing (draining) is ignored, so its output can't be abandoned")
 def test_close_force_after_close_abandons_the_drain(loop, chpair):
     ch, peer = chpair
     for line in _payload(4):
