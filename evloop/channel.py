@@ -408,11 +408,7 @@ class Channel:
             return
         self._closing = True
         loop = self._loop
-        watch = loop._watches.get(self._fd)
-        if watch is not None and watch.channel is self:
-            watch.reader = watch.writer = None
-            watch.reader_args = watch.writer_args = ()
-        loop._input_ready.pop(self, None)
+        loop._remove_handlers(self)
         exc, self._write_error = self._write_error, None
         if force or exc is not None:
             self._outbuf.clear()

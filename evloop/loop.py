@@ -148,12 +148,7 @@ class Loop:
         if bit is None:
             raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
         fd, channel = _fileno(ch)
-        watch = self._watches.get(fd)
-        if watch is not None and watch.owner is not ch and not isinstance(ch, int):
-            # The descriptor number was closed and reused without its
-            # handlers being removed: the old registration is stale.
-            self._forget(fd)
-            watch = None
+        watch = self._watch_of(ch, fd)
         if not handler:
             if watch is None:
                 return None
@@ -174,6 +169,26 @@ class Loop:
         else:
             watch.writer, watch.writer_args = callback, args
         self._update_mask(watch)
+        return None
+
+    def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
+        """The watch through which ``ch`` (on descriptor ``fd``) is watched,
+        or None.
+
+        A watch made for another object is stale: that object's descriptor
+        was closed, its handlers still set, and the number reused by ``ch``.
+        It is dropped, so ``ch`` never inherits the old handlers.  An integer
+        names whatever is open on that number, so it shares the watch of an
+        object that still owns the number.  (A watch made for an integer
+        can't tell that its descriptor was closed behind the loop's back:
+        remove the handlers of a number before closing it.)
+        """
+        watch = self._watches.get(fd)
+        if watch is None or watch.owner is ch:
+            return watch
+        if isinstance(ch, int) and _fileno(watch.owner)[0] == fd:
+            return watch
+        self._forget(fd)
         return None
 
     def _update_mask(self, watch: _Watch) -> None:
@@ -212,10 +227,20 @@ class Loop:
         if watch.channel is not None:
             self._input_ready.pop(watch.channel, None)
 
+    def _remove_handlers(self, channel: Channel) -> None:
+        """Remove both handlers of a closing channel; its output, if any,
+        is still watched until it drains."""
+        watch = self._watch_of(channel, channel._fd)
+        if watch is not None:
+            watch.reader = watch.writer = None
+            watch.reader_args = watch.writer_args = ()
+            self._update_mask(watch)
+        self._input_ready.pop(channel, None)
+
     def _watch_output(self, channel: Channel) -> None:
         """Watch ``channel`` for writability while its output buffer is not
         empty (the background flush); stop when it is."""
-        watch = self._watches.get(channel._fd)
+        watch = self._watch_of(channel, channel._fd)
         if watch is None:
             if not channel._outbuf:
                 return

@@ -389,8 +389,6 @@ def test_a_descriptor_closed_and_reused_in_the_same_pass_drops_the_stale_event(l
             s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: Loop._watch_output reuses the stale "
-                   "watch of a socket closed without removing its handler")
 def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on_its_fd(loop):
     # The user closes a raw socket without removing its handler first (the
     # loop cannot see that).  A Channel that gets the same descriptor number
@@ -425,6 +423,32 @@ def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on
         assert old_calls == []
     finally:
         ch.close(force=True)
+        peer.close()
+
+
+def test_a_descriptor_number_reused_after_its_socket_was_closed_has_no_handler(loop):
+    # Registered through the socket object, closed without removing the
+    # handler; the same number, now another socket, is then named as an int.
+    a, b = socket.socketpair()
+    old_calls = []
+    loop.fileevent(a, "readable", old_calls.append, "old")
+    fd = a.fileno()
+    a.close()
+    b.close()
+    s1, s2 = socket.socketpair()
+    new, peer = (s1, s2) if s1.fileno() == fd else (s2, s1)
+    try:
+        assert new.fileno() == fd
+        assert loop.fileevent(fd, "readable") is None
+
+        got = evloop.Var()
+        loop.fileevent(fd, "readable", lambda: got.set(new.recv(10)))
+        peer.send(b"new")
+        assert loop.vwait(got) == b"new"
+        assert old_calls == []
+    finally:
+        loop.fileevent(fd, "readable", None)
+        new.close()
         peer.close()
 
 
