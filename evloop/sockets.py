@@ -38,7 +38,9 @@ _NO_RESOURCES = {errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EMFILE, errno.
 # accept() errors of a full descriptor table or memory: pause, then retry.
 _ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_PAUSE_MS = 100
-_ACCEPT_BATCH = 64       # connections accepted per readable event, at most
+# Connections accepted or datagrams received per readable event, at most:
+# one busy server must not starve the rest of the loop.
+_BATCH = 64
 
 
 def _resolve(host: str, port: int, kind: int, passive: bool = False) -> list[tuple]:
@@ -116,7 +118,7 @@ class Server:
 
     def _accept(self) -> None:
         """Accept what is pending; on a full descriptor table, pause."""
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(_BATCH):
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -134,12 +136,16 @@ class Server:
                 host, port = _address(addr)
             else:
                 host, port = self.path, 0
-            try:
-                self._callback(ch, host, port)
-            except Exception as exc:
-                # One bad connection must not stop the server: report it, and
-                # keep the fileevent (a raising handler would be deleted).
-                self._loop._report(exc)
+            self._call(ch, host, port)
+
+    def _call(self, *args: Any) -> None:
+        """Run the user's callback.  One bad connection or datagram must not
+        stop the server: an exception is reported, and the server's own
+        handler, which would be deleted if it raised, stays."""
+        try:
+            self._callback(*args)
+        except Exception as exc:
+            self._loop._report(exc)
 
     def _pause(self) -> None:
         # Out of descriptors: the pending connection stays in the backlog and
@@ -154,16 +160,21 @@ class Server:
             self._loop.fileevent(self.sock, "readable", self._accept)
 
     def _receive(self) -> None:
-        """Datagram servers with a callback: ``callback(data, host, port)``."""
-        try:
-            data, addr = self.sock.recvfrom(65535)
-        except (BlockingIOError, InterruptedError):
-            return
-        if self.path is not None or not addr:
-            host, port = (addr or ""), 0
-        else:
-            host, port = _address(addr)
-        self._callback(data, host, port)
+        """Datagram servers with a callback: ``callback(data, host, port)``
+        for each datagram waiting."""
+        for _ in range(_BATCH):
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._loop._report(exc)
+                return
+            if self.path is not None or not addr:
+                host, port = (addr or ""), 0
+            else:
+                host, port = _address(addr)
+            self._call(data, host, port)
 
     def close(self) -> None:
         """Stop listening (a Unix socket's path is removed)."""

@@ -481,8 +481,6 @@ def test_dual_stack_udp_server_reports_v4_senders_as_plain_ipv4(loop):
         srv.close()
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: an exception in a dgram server "
-                   "callback deletes the server's readable handler")
 def test_udp_server_callback_that_raises_does_not_stop_the_server(loop):
     errors, got = [], []
     loop.bgerror(errors.append)
