@@ -462,6 +462,67 @@ def test_fileevent_on_a_closed_channel_is_refused(loop, pair):
     assert loop.fileevent(ch, "readable") is None
 
 
+def test_fileevent_on_a_closing_channel_is_refused(loop, pair):
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ch = evloop.Channel(a, loop)
+    ch.configure(encoding="binary")
+    ch.puts(b"x" * (1 << 20))              # more than the socket takes
+    ch.close()                             # draining in the background
+    assert ch.closed() and ch.fileno() >= 0
+
+    with pytest.raises(ValueError):
+        loop.fileevent(ch, "readable", lambda: None)
+    assert loop.fileevent(ch, "readable") is None
+    ch.close(force=True)
+
+
+def test_fileevent_on_a_regular_file_raises_and_registers_nothing(loop, tmp_path):
+    with open(tmp_path / "plain.txt", "w") as f:
+        with pytest.raises(OSError):       # epoll refuses regular files
+            loop.fileevent(f, "readable", lambda: None)
+        assert loop.fileevent(f, "readable") is None
+        assert loop.run_once(0) == 0
+
+
+def test_fileevent_with_a_handler_that_is_not_callable_changes_nothing(loop, pair):
+    a, _ = pair
+    calls = []
+    loop.fileevent(a, "readable", calls.append, "kept")
+
+    with pytest.raises(TypeError):
+        loop.fileevent(a, "readable", "not callable")
+    assert loop.fileevent(a, "readable") == calls.append
+
+
+def test_keyboard_interrupt_in_a_buffered_input_handler_loses_no_other_channel(loop):
+    pairs = [socket.socketpair() for _ in range(2)]
+    channels = [evloop.Channel(a, loop) for a, _ in pairs]
+    got = []
+
+    def handler(ch, name):
+        line = ch.gets()
+        if line == "stop":
+            raise KeyboardInterrupt
+        if line is not None:
+            got.append((name, line))
+
+    try:
+        for (_, peer), ch, name in zip(pairs, channels, "ab"):
+            peer.sendall(b"first\n" + (b"stop\n" if name == "a" else b"") + b"second\n")
+            assert ch.gets() == "first"    # the rest stays buffered
+            loop.fileevent(ch, "readable", handler, ch, name)
+        with pytest.raises(KeyboardInterrupt):
+            loop.update()
+
+        loop.update()
+        assert ("b", "second") in got and ("a", "second") in got
+    finally:
+        for (a, b), ch in zip(pairs, channels):
+            ch.close(force=True)
+            b.close()
+
+
 # ------------------------------------------------------------- Var and vwait
 
 def test_var_holds_a_value():
