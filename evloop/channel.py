@@ -6,11 +6,20 @@ A `Channel` owns one connected socket and two byte buffers.
 
 Input.  ``gets`` and ``read`` serve what is already in the input buffer and
 call ``recv`` only when it does not hold what they need; a non-blocking
-channel calls it once and takes what came (``blocked()`` then tells that the
-request could not be met), a blocking one calls it until it can answer.
-Line ends are found on bytes (``\\n``, ``\\r\\n`` or a lone ``\\r`` under the
-default ``auto`` translation) and each line is then decoded, so a multi-byte
-character split between two segments is never cut.  While the buffer still
+channel calls it until the socket has nothing more and takes what came
+(``blocked()`` then tells that the request could not be met), a blocking one
+calls it until it can answer.
+The buffer holds the bytes as they came; translation and decoding apply
+only to what a request takes out of it.  ``gets`` finds the line end on
+bytes (``\\n``, ``\\r\\n`` or a lone ``\\r`` under the default ``auto``
+translation; one kind under ``lf``, ``cr`` or ``crlf``, as in Tcl) and then
+decodes the line, so a multi-byte character split between two segments is
+never cut (encodings must therefore be ASCII-compatible).  ``read(n)``
+translates and decodes a view of the buffer and removes just the raw bytes
+of the characters it returns, so the next request still sees a \\r\\n or a
+lone \\r at the cut.  A \\r that was the last byte of the buffer may be half a
+\\r\\n: ``auto`` has taken it as a line end and drops the \\n when it comes;
+``crlf`` waits for the next byte.  While the buffer still
 holds data that the last ``gets`` or ``read`` left behind, the loop counts the
 channel readable (Tcl's rule): a handler that reads one line per call is
 called again for the next line even though the socket itself has nothing new.
@@ -97,37 +106,35 @@ class Channel:
         """Set options (Tcl's ``fconfigure``); returns the full configuration.
 
         ``blocking`` (bool); ``buffering`` ("none", "line", "full");
-        ``buffersize`` (bytes); ``encoding`` (a codec name, or "binary" for
-        bytes in and out); ``translation``: "auto", "lf", "crlf", "cr" or
-        "binary", for both directions, or an ``(input, output)`` pair as in
-        Tcl.  Raises ValueError for an unknown option or value.
+        ``buffersize`` (bytes); ``encoding`` (the name of an ASCII-compatible
+        codec, or "binary" for bytes in and out); ``translation``: "auto",
+        "lf", "crlf", "cr" or "binary", for both directions, or an ``(input,
+        output)`` pair as in Tcl ("binary" also sets the encoding).  Raises
+        ValueError for an unknown option or a bad value (LookupError for an
+        unknown codec), and then changes nothing.  Switching to blocking
+        sends queued output before returning.
         """
+        config = self._configuration()
         for name, value in options.items():
-            if name == "blocking":
-                self._blocking = bool(value)
-                if self._fd >= 0:
-                    self.sock.setblocking(self._blocking)
-            elif name == "buffering":
-                if value not in _BUFFERING:
-                    raise ValueError(f"bad buffering {value!r}: must be one of {_BUFFERING}")
-                self._buffering = value
-            elif name == "buffersize":
-                if not isinstance(value, int) or value < 1:
-                    raise ValueError(f"bad buffersize {value!r}: must be a positive int")
-                self._buffersize = value
-            elif name == "encoding":
-                if value != "binary":
-                    codecs.lookup(value)        # raises LookupError if unknown
-                self._encoding = value
-            elif name == "translation":
-                in_mode, out_mode = (value, value) if isinstance(value, str) else value
-                if in_mode not in _IN_MODES or out_mode not in _OUT_MODES:
-                    raise ValueError(f"bad translation {value!r}: must be one of {_IN_MODES}")
-                self._in_mode, self._out_mode = in_mode, out_mode
-                if "binary" in (in_mode, out_mode):
-                    self._encoding = "binary"
-            else:
+            if name not in config:
                 raise ValueError(f"unknown channel option {name!r}")
+            config[name] = value = _checked_option(name, value)
+            if name == "translation" and "binary" in value:
+                config["encoding"] = "binary"
+        self._blocking = config["blocking"]
+        self._buffering = config["buffering"]
+        self._buffersize = config["buffersize"]
+        self._encoding = config["encoding"]
+        self._in_mode, self._out_mode = config["translation"]
+        self._skip_lf = self._skip_lf and self._in_mode == "auto"
+        if self._fd >= 0 and not self._closing:
+            self.sock.setblocking(self._blocking)
+            if self._blocking and self._outbuf:
+                self._flush()                    # all of it, now
+                self._loop._watch_output(self)   # no background flush left
+        return config
+
+    def _configuration(self) -> dict[str, Any]:
         return {
             "blocking": self._blocking,
             "buffering": self._buffering,
@@ -236,27 +243,34 @@ class Channel:
         still on its way: remember to drop that \n when it comes.
         """
         buf = self._inbuf
-        self._skip_lf = (self._in_mode in ("auto", "cr") and used == len(buf)
+        self._skip_lf = (self._in_mode == "auto" and used == len(buf)
                          and used > 0 and buf[used - 1] == 13)
         del buf[:used]
 
     def _take_line(self) -> bytes | None:
         """Remove and return one complete line from the input buffer."""
         buf = self._inbuf
-        mode = self._in_mode
-        nl = buf.find(b"\n")
-        if mode == "auto" or mode == "cr":
-            cr = buf.find(b"\r", 0, nl if nl >= 0 else len(buf))
-            if cr >= 0:
-                line = bytes(buf[:cr])
-                self._consume(cr + 2 if buf[cr + 1:cr + 2] == b"\n" else cr + 1)
-                return line
-        if nl < 0:
+        start, size = self._line_end(buf)
+        if start < 0:
             return None
-        end = nl - 1 if mode == "crlf" and nl > 0 and buf[nl - 1] == 13 else nl
-        line = bytes(buf[:end])
-        self._consume(nl + 1)
+        line = bytes(buf[:start])
+        self._consume(start + size)
         return line
+
+    def _line_end(self, buf: bytearray) -> tuple[int, int]:
+        """Where the first line end in ``buf`` starts and how many bytes it
+        is, or (-1, 0).  As in Tcl, only ``auto`` knows more than one kind:
+        under ``cr`` a \n is data, under ``crlf`` a lone \r or \n is."""
+        mode = self._in_mode
+        if mode == "auto":
+            nl = buf.find(b"\n")
+            cr = buf.find(b"\r", 0, nl if nl >= 0 else len(buf))
+            if cr < 0:
+                return nl, 1
+            return cr, 2 if buf[cr + 1:cr + 2] == b"\n" else 1
+        if mode == "crlf":
+            return buf.find(b"\r\n"), 2
+        return buf.find(b"\r" if mode == "cr" else b"\n"), 1
 
     def _cooked(self, n: int | None) -> tuple[str | bytes, int]:
         """Up to ``n`` characters (bytes when binary; None: all) of the
@@ -267,6 +281,8 @@ class Channel:
         with the bytes around its cut (a \r\n, a lone \r) still in view.
         """
         data = self._translate_in(bytes(self._inbuf))
+        if self._in_mode == "crlf" and not self._eof and data.endswith(b"\r"):
+            data = data[:-1]        # maybe half a \r\n: wait for the next byte
         if self._encoding == "binary":
             text: str | bytes = data if n is None else data[:n]
             size = len(text)
@@ -277,16 +293,18 @@ class Channel:
     def _translate_in(self, data: bytes) -> bytes:
         """Input translation: the line ends of ``data`` as \n."""
         mode = self._in_mode
-        if mode in ("auto", "cr"):
+        if mode == "auto":
             return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if mode == "crlf":
             return data.replace(b"\r\n", b"\n")
+        if mode == "cr":
+            return data.replace(b"\r", b"\n")
         return data
 
     def _raw_length(self, size: int) -> int:
         """How many raw input bytes the first ``size`` translated bytes are:
         each \r\n pair before the cut became a single \n."""
-        if self._in_mode not in ("auto", "cr", "crlf"):
+        if self._in_mode not in ("auto", "crlf"):
             return size
         buf, pairs = self._inbuf, 0
         at = buf.find(b"\r\n")
@@ -326,7 +344,7 @@ class Channel:
         self._check_open()
         self._raise_write_error()
         if self._encoding == "binary":
-            if isinstance(text, str):
+            if not isinstance(text, (bytes, bytearray, memoryview)):
                 raise TypeError("puts on a binary channel takes bytes")
             data = bytes(text)
         else:
@@ -475,6 +493,33 @@ class Channel:
         """The local (host, port), or path for a Unix socket."""
         self._check_open()
         return _address(self.sock.getsockname())
+
+
+def _checked_option(name: str, value: Any) -> Any:
+    """The value of channel option ``name`` as kept; ValueError (or
+    LookupError, for an unknown codec) if it is not a valid one."""
+    if name == "blocking":
+        return bool(value)
+    if name == "buffering":
+        if value not in _BUFFERING:
+            raise ValueError(f"bad buffering {value!r}: must be one of {_BUFFERING}")
+    elif name == "buffersize":
+        if type(value) is not int or value < 1:
+            raise ValueError(f"bad buffersize {value!r}: must be a positive int")
+    elif name == "encoding":
+        if value != "binary":
+            codecs.lookup(value)                # raises LookupError if unknown
+            # Line ends are looked for in the bytes (see the module notes).
+            if "\r\n".encode(value) != b"\r\n":
+                raise ValueError(f"encoding {value!r} is not ASCII-compatible")
+    elif name == "translation":
+        pair = (value, value) if isinstance(value, str) else value
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or pair[0] not in _IN_MODES or pair[1] not in _OUT_MODES):
+            raise ValueError(f"bad translation {value!r}: must be one of {_IN_MODES}"
+                             " or an (input, output) pair of them")
+        return tuple(pair)
+    return value
 
 
 def _address(addr: Any) -> tuple[str, int] | str:
