@@ -119,6 +119,8 @@ class Server:
     def _accept(self) -> None:
         """Accept what is pending; on a full descriptor table, pause."""
         for _ in range(_BATCH):
+            if self.sock.fileno() < 0:
+                return                      # a callback closed the server
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -163,6 +165,8 @@ class Server:
         """Datagram servers with a callback: ``callback(data, host, port)``
         for each datagram waiting."""
         for _ in range(_BATCH):
+            if self.sock.fileno() < 0:
+                return                      # a callback closed the server
             try:
                 data, addr = self.sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
@@ -181,7 +185,9 @@ class Server:
         if self.sock.fileno() < 0:
             return
         self._loop.after_cancel(self._paused)
-        self._loop.fileevent(self.sock, "readable", None)
+        # Unregister first, then close; a dgram server's socket may carry the
+        # caller's writable handler too.
+        self._loop._forget(self.sock.fileno())
         self.sock.close()
         if self.path:
             try:

@@ -344,6 +344,39 @@ def test_server_callback_that_raises_does_not_stop_the_server(loop, accepted):
         srv.close()
 
 
+def test_server_closed_by_its_callback_stops_accepting_quietly(loop):
+    errors, calls = [], []
+    loop.bgerror(errors.append)
+
+    def callback(ch, host, port):
+        calls.append(port)
+        ch.close()
+        srv.close()
+
+    srv = evloop.server(callback, 0, "127.0.0.1")
+    clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    try:
+        wait_for(loop, lambda: calls)
+        loop.update()
+
+        assert len(calls) == 1 and errors == []
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_closing_a_dgram_server_removes_every_handler_of_its_socket(loop):
+    srv = evloop.server(None, 0, "127.0.0.1", kind="dgram")
+    fd = srv.fileno()
+    loop.fileevent(srv.sock, "readable", lambda: None)
+    loop.fileevent(srv.sock, "writable", lambda: None)
+
+    srv.close()
+
+    assert srv.fileno() == -1
+    assert fd not in loop._watches         # nothing left for a reused number
+
+
 def test_server_and_open_async_talk_line_by_line(loop):
     def accept(ch, host, port):
         def echo():
