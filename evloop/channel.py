@@ -71,6 +71,11 @@ class Channel:
     unless ``blocking=True``.
     """
 
+    __slots__ = ("sock", "_fd", "_loop", "_inbuf", "_outbuf", "_eof", "_blocked",
+                 "_skip_lf", "_error", "_write_error", "_closed", "_blocking",
+                 "_buffering", "_buffersize", "_encoding", "_in_mode", "_out_mode",
+                 "__weakref__")
+
     def __init__(self, sock: socket.socket, loop: Loop | None = None,
                  blocking: bool = False) -> None:
         self.sock = sock
@@ -83,14 +88,15 @@ class Channel:
         self._skip_lf = False       # a \r ended the last line; drop a \n next
         self._error: OSError | None = None        # kept for error()
         self._write_error: OSError | None = None  # raised by the next write
-        self._closing = False       # close() called, output still draining
+        self._closed = False        # close() called (the socket may still drain)
         self._blocking = blocking
         self._buffering = "line"
         self._buffersize = 4096
         self._encoding = "utf-8"
         self._in_mode = "auto"
         self._out_mode = "lf"
-        sock.setblocking(blocking)
+        if sock.getblocking() != blocking:      # (a system call; often a no-op)
+            sock.setblocking(blocking)
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd {self._fd}"
@@ -127,7 +133,7 @@ class Channel:
         self._encoding = config["encoding"]
         self._in_mode, self._out_mode = config["translation"]
         self._skip_lf = self._skip_lf and self._in_mode == "auto"
-        if self._fd >= 0 and not self._closing:
+        if not self._closed:
             self.sock.setblocking(self._blocking)
             if self._blocking and self._outbuf:
                 self._flush()                    # all of it, now
@@ -152,17 +158,24 @@ class Channel:
         ``eof()`` true.  A blocking channel waits for a line.  Raises the
         socket's OSError on a read error (a reset), leaving ``eof()`` true.
         """
-        self._check_open()
-        line = self._take_line()
-        while line is None and not self._eof:
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
+        buf = self._inbuf
+        start, size = self._line_end(buf) if buf else (-1, 0)
+        while start < 0 and not self._eof:
             if not self._fill() and not self._blocking:
                 break
-            line = self._take_line()
-        if line is None and self._eof and self._inbuf:
-            line = bytes(self._inbuf)          # last line, unterminated
-            self._inbuf.clear()
+            start, size = self._line_end(buf)
+        if start >= 0:
+            line: bytes | None = bytes(buf[:start])
+            self._consume(start + size)
+        elif self._eof and buf:
+            line = bytes(buf)                  # last line, unterminated
+            buf.clear()
+        else:
+            line = None
         self._blocked = line is None and not self._eof
-        if self._has_input():
+        if buf and not self._blocked:          # see _has_input
             self._loop._note_input(self)
         if line is None or self._encoding == "binary":
             return line
@@ -174,7 +187,8 @@ class Channel:
         Returns an empty string when nothing is there.  A blocking channel
         reads until end of file, or until it has ``n`` characters.
         """
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         if n is not None and n < 0:
             raise ValueError("read size must be >= 0")
         while not self._eof and not self._holds(n):
@@ -246,16 +260,6 @@ class Channel:
         self._skip_lf = (self._in_mode == "auto" and used == len(buf)
                          and used > 0 and buf[used - 1] == 13)
         del buf[:used]
-
-    def _take_line(self) -> bytes | None:
-        """Remove and return one complete line from the input buffer."""
-        buf = self._inbuf
-        start, size = self._line_end(buf)
-        if start < 0:
-            return None
-        line = bytes(buf[:start])
-        self._consume(start + size)
-        return line
 
     def _line_end(self, buf: bytearray) -> tuple[int, int]:
         """Where the first line end in ``buf`` starts and how many bytes it
@@ -341,8 +345,10 @@ class Channel:
         OSError if the socket failed (including a background flush error
         met earlier).
         """
-        self._check_open()
-        self._raise_write_error()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
+        if self._write_error is not None:
+            self._raise_write_error()
         if self._encoding == "binary":
             if not isinstance(text, (bytes, bytearray, memoryview)):
                 raise TypeError("puts on a binary channel takes bytes")
@@ -365,7 +371,8 @@ class Channel:
 
     def flush(self) -> None:
         """Send the buffered output (in the background if non-blocking)."""
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         self._raise_write_error()
         self._flush()
 
@@ -399,7 +406,7 @@ class Channel:
             self._write_error = exc
             self._error = exc
         if not self._outbuf:
-            if self._closing:
+            if self._closed:
                 self._finish_close()
             else:
                 self._loop._watch_output(self)      # stop watching writable
@@ -422,21 +429,21 @@ class Channel:
         a second close while that drain is under way.  Raises a background
         flush error not yet reported.  Closing again is otherwise a no-op.
         """
-        if self._fd < 0 or (self._closing and not force):
+        if self._fd < 0 or (self._closed and not force):
             return
-        self._closing = True
-        loop = self._loop
-        loop._remove_handlers(self)
+        self._closed = True
         exc, self._write_error = self._write_error, None
         if force or exc is not None:
             self._outbuf.clear()
-        if self._outbuf:
+        elif self._outbuf:
             try:
                 self._flush()
             except OSError as err:
-                exc = exc or err
+                exc = err
         if self._outbuf:
-            loop._watch_output(self)    # closes in _drain once empty
+            # The handlers go now, the socket once the output has drained
+            # (in _drain).
+            self._loop._remove_handlers(self)
             return
         self._finish_close()
         if exc is not None:
@@ -447,19 +454,14 @@ class Channel:
         # inherit our registration.
         self._loop._forget(self._fd)
         self._fd = -1
-        self._closing = False
         try:
             self.sock.close()
         except OSError:
             pass
 
-    def _check_open(self) -> None:
-        if self._fd < 0 or self._closing:
-            raise ValueError("I/O operation on a closed channel")
-
     def closed(self) -> bool:
         """True once ``close`` was called."""
-        return self._fd < 0 or self._closing
+        return self._closed
 
     # ---------------------------------------------------------- information
 
@@ -486,12 +488,14 @@ class Channel:
     def peername(self) -> tuple[str, int] | str:
         """The peer's (host, port), or path for a Unix socket; OSError if
         not connected."""
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         return _address(self.sock.getpeername())
 
     def sockname(self) -> tuple[str, int] | str:
         """The local (host, port), or path for a Unix socket."""
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         return _address(self.sock.getsockname())
 
 

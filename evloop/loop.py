@@ -158,8 +158,13 @@ class Loop(Timers):
         bit = _EVENTS.get(event)
         if bit is None:
             raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
-        fd, channel = _fileno(ch)
-        watch = self._watch_of(ch, fd)
+        if isinstance(ch, Channel):
+            channel, fd = ch, ch._fd
+        else:
+            channel, fd = None, _fileno(ch)
+        watch = self._watches.get(fd)
+        if watch is not None and watch.owner is not ch:
+            watch = self._watch_of(ch, fd)       # someone else's: stale?
         if not handler:
             if watch is None:
                 return None
@@ -168,7 +173,7 @@ class Loop(Timers):
         if callback is not None:
             if not callable(callback):
                 raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
-            if fd < 0 or (channel is not None and channel._closing):
+            if fd < 0 or (channel is not None and channel._closed):
                 raise ValueError("fileevent on a closed channel")
             if watch is None:
                 watch = self._watches[fd] = _Watch(fd, ch, channel)
@@ -198,7 +203,7 @@ class Loop(Timers):
         watch = self._watches.get(fd)
         if watch is None or watch.owner is ch:
             return watch
-        if isinstance(ch, int) and _fileno(watch.owner)[0] == fd:
+        if isinstance(ch, int) and _fileno(watch.owner) == fd:
             return watch
         self._forget(fd)
         return None
@@ -241,20 +246,19 @@ class Loop(Timers):
                 pass
         if watch.channel is not None:
             self._input_ready.pop(watch.channel, None)
+        # Dead: an event of this pass that still carries it calls nothing.
         watch.fd = -1
-        watch.owner = watch.channel = watch.reader = watch.writer = None
-        watch.reader_args = watch.writer_args = ()
-        watch.mask = 0
+        watch.channel = watch.reader = watch.writer = None
 
     def _remove_handlers(self, channel: Channel) -> None:
-        """Remove both handlers of a closing channel; its output, if any,
-        is still watched until it drains."""
+        """Remove both handlers of a channel that closes once its output
+        has drained; the output is still watched."""
         watch = self._watch_of(channel, channel._fd)
         if watch is not None:
             watch.reader = watch.writer = None
             watch.reader_args = watch.writer_args = ()
-            self._update_mask(watch)
         self._input_ready.pop(channel, None)
+        self._watch_output(channel)
 
     def _watch_output(self, channel: Channel) -> None:
         """Watch ``channel`` for writability while its output buffer is not
@@ -357,12 +361,20 @@ class Loop(Timers):
             # 3. File events, through the watch each event came with.
             watch = key.data
             if mask & _READ and watch.reader is not None:
-                ran += self._run_handler(watch, _READ)
+                ran += 1
+                try:
+                    watch.reader(*watch.reader_args)
+                except Exception as exc:
+                    self._handler_failed(watch, _READ, exc)
             if mask & _WRITE:
                 if watch.channel is not None and watch.channel._outbuf:
                     watch.channel._drain()           # background flush first
                 if watch.writer is not None:
-                    ran += self._run_handler(watch, _WRITE)
+                    ran += 1
+                    try:
+                        watch.writer(*watch.writer_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _WRITE, exc)
 
         # 4. Channels still holding input count as readable.
         if self._input_ready:
@@ -379,27 +391,17 @@ class Loop(Timers):
             ran = self._run_idle()
         return ran
 
-    def _run_handler(self, watch: _Watch, bit: int) -> int:
-        """Call the readable or writable handler of ``watch``; returns 1.
-
-        A handler that raises is reported and deleted, as Tcl does: it would
-        most likely raise again on the same event, pass after pass.
-        """
-        if bit == _READ:
-            callback, args = watch.reader, watch.reader_args
-        else:
-            callback, args = watch.writer, watch.writer_args
-        try:
-            callback(*args)
-        except Exception as exc:
-            if watch.fd >= 0:
-                if bit == _READ:
-                    watch.reader, watch.reader_args = None, ()
-                else:
-                    watch.writer, watch.writer_args = None, ()
-                self._update_mask(watch)
-            self._report(exc)
-        return 1
+    def _handler_failed(self, watch: _Watch, bit: int, exc: Exception) -> None:
+        """Report the exception of a file-event handler and delete it, as
+        Tcl does: it would most likely raise again on the same event, pass
+        after pass."""
+        if watch.fd >= 0:
+            if bit == _READ:
+                watch.reader, watch.reader_args = None, ()
+            else:
+                watch.writer, watch.writer_args = None, ()
+            self._update_mask(watch)
+        self._report(exc)
 
     def _run_buffered_input(self) -> int:
         """Call the readable handlers of the channels whose buffers still
@@ -417,7 +419,11 @@ class Loop(Timers):
             watch = self._watches.get(channel._fd)
             if (watch is not None and watch.channel is channel
                     and watch.reader is not None and channel._has_input()):
-                ran += self._run_handler(watch, _READ)
+                ran += 1
+                try:
+                    watch.reader(*watch.reader_args)
+                except Exception as exc:
+                    self._handler_failed(watch, _READ, exc)
         return ran
 
     def _run_threadsafe(self) -> int:
@@ -478,14 +484,14 @@ class Loop(Timers):
         self._wake_w.close()
 
 
-def _fileno(ch: Any) -> tuple[int, Channel | None]:
-    """The descriptor of a Channel, socket or int, and the Channel if any."""
+def _fileno(ch: Any) -> int:
+    """The descriptor of a Channel, socket or int."""
     if isinstance(ch, int):
-        return ch, None
+        return ch
     if isinstance(ch, Channel):
-        return ch._fd, ch
+        return ch._fd
     try:
-        return ch.fileno(), None
+        return ch.fileno()
     except AttributeError:
         raise TypeError(f"fileevent needs a Channel, socket or descriptor, not {ch!r}") from None
 

@@ -44,7 +44,22 @@ _BATCH = 64
 
 
 def _resolve(host: str, port: int, kind: int, passive: bool = False) -> list[tuple]:
-    """getaddrinfo, numeric addresses without a resolver round trip."""
+    """getaddrinfo, numeric addresses without a resolver round trip.
+
+    ``port`` is a number or a service name.  A plain IPv4 or IPv6 address
+    with a number is taken as it is (getaddrinfo costs microseconds even
+    then, and a scan connects thousands of times).  Raises ValueError for a
+    number out of range (getaddrinfo would wrap 70000 round to 4464).
+    """
+    if isinstance(port, int):
+        _check_port(port)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host)
+            except (OSError, TypeError):
+                continue
+            addr = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+            return [(family, kind, 0, "", addr)]
     flags = socket.AI_PASSIVE if passive else 0
     try:
         return socket.getaddrinfo(host, port, 0, kind, 0, flags | socket.AI_NUMERICHOST)
@@ -54,6 +69,11 @@ def _resolve(host: str, port: int, kind: int, passive: bool = False) -> list[tup
         return socket.getaddrinfo(host, port, 0, kind, 0, flags)
     except socket.gaierror as exc:
         raise OSError(exc.errno, f"can't resolve {host!r}: {exc.strerror}") from None
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad port {port}: must be from 0 to 65535")
 
 
 def open_async(host: str, port: int, loop: Loop | None = None) -> Channel:
@@ -218,6 +238,9 @@ def server(callback: Callable[..., Any] | None, port: int, host: str = "",
         sock = _unix_socket(host, socktype)
         return Server(sock, callback, loop, path=host)
     if host == "":
+        if not isinstance(port, int):
+            raise TypeError(f"a dual-stack server needs a port number, not {port!r}")
+        _check_port(port)
         sock = _dual_stack_socket(port, socktype)
     else:
         family, _, proto, _, addr = _resolve(host, port, socktype, passive=True)[0]

@@ -201,6 +201,37 @@ def test_open_async_raises_when_no_descriptor_is_left():
 
 # -------------------------------------------------------------------- open
 
+def test_open_async_to_a_short_numeric_form_resolves_it(loop, listener):
+    sock, port = listener
+    ch = evloop.open_async("127.1", port)        # getaddrinfo's job, not inet_pton's
+    try:
+        _writable(loop, ch)
+        assert ch.error() is None
+        assert ch.peername() == ("127.0.0.1", port)
+    finally:
+        ch.close()
+
+
+def test_open_async_takes_the_port_as_a_string_too(loop, listener):
+    sock, port = listener
+    ch = evloop.open_async("127.0.0.1", str(port))
+    try:
+        _writable(loop, ch)
+        assert ch.error() is None
+    finally:
+        ch.close()
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 70000, 80.0, "no-such-service"])
+def test_open_async_and_server_refuse_a_bad_port(loop, port):
+    with pytest.raises(OSError if isinstance(port, str) else (ValueError, OSError)):
+        evloop.open_async("127.0.0.1", port)
+    with pytest.raises(OSError if isinstance(port, str) else (ValueError, OSError)):
+        evloop.server(lambda *a: None, port, "127.0.0.1")
+    with pytest.raises((ValueError, TypeError)):
+        evloop.server(lambda *a: None, port)          # dual stack
+
+
 def test_open_connects_and_returns_a_blocking_channel(loop, listener):
     sock, port = listener
     ch = evloop.open("127.0.0.1", port, timeout=5)
