@@ -583,6 +583,23 @@ def test_unix_datagram_server(loop, tmp_path):
     assert not os.path.exists(path)
 
 
+def test_unix_datagram_server_replaces_a_stale_socket_file_but_not_a_live_one(loop, tmp_path):
+    stale, live = str(tmp_path / "stale.sock"), str(tmp_path / "live.sock")
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    old.bind(stale)
+    old.close()                                   # left behind by a crash
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    owner.bind(live)
+    try:
+        srv = evloop.server(None, 0, stale, kind="dgram")
+        srv.close()
+        with pytest.raises(OSError):
+            evloop.server(None, 0, live, kind="dgram")
+        assert os.path.exists(live)
+    finally:
+        owner.close()
+
+
 def test_server_rejects_a_bad_kind_and_a_stream_server_without_callback(loop):
     with pytest.raises(ValueError):
         evloop.server(lambda *a: None, 0, "127.0.0.1", kind="raw")
