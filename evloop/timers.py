@@ -17,9 +17,10 @@ the callback.  Deadlines are on a monotonic clock (``time.monotonic``
 unless the loop was given another clock, as tests do).
 
 Cancelling does not search the heap: it sets the entry's callback to None
-and leaves it there, until it reaches the top or until cancels since the
-last sweep outnumber half the heap and the heap is rebuilt without dead
-entries.  Scheduling costs O(log n), cancelling O(1), and a program that
+and leaves it there, until it reaches the top, or until a pass of the loop,
+looking for the next deadline, finds that cancels since the last sweep
+outnumber half the heap and rebuilds it without dead entries (as Tornado
+and asyncio do).  Scheduling costs O(log n), cancelling O(1), and a program that
 cancels nearly every timer it makes (a timeout per request) keeps a heap
 about the size of what is really pending.
 
@@ -49,8 +50,8 @@ __all__ = ["TimerId"]
 TimerId = int
 """What ``after`` and ``after_idle`` return: the N of Tcl's ``after#N``."""
 
-# Sweep the heap when more than this many cancels, and more than half of
-# it, have piled up since the last sweep.
+# A pass sweeps the heap when more than this many cancels, and more than
+# half of it, have piled up since the last sweep.
 _SWEEP_MIN = 256
 
 # Numbers for TimerIds, unique in the process (so another loop's id is
@@ -105,14 +106,8 @@ class Timers:
         if entry is None:
             return
         entry[2] = entry[3] = None             # dead; drop the references now
-        if entry[0] is None:
-            return                             # idle: skipped when its round comes
-        self._cancels += 1
-        heap = self._heap
-        if self._cancels > _SWEEP_MIN and 2 * self._cancels > len(heap):
-            heap[:] = [e for e in heap if e[2] is not None]
-            heapify(heap)
-            self._cancels = 0
+        if entry[0] is not None:               # (idle: skipped when its round comes)
+            self._cancels += 1
 
     def after_info(self, timer: TimerId | None = None) -> Any:
         """The TimerIds still pending, timers and idle callbacks, oldest
@@ -127,8 +122,13 @@ class Timers:
         return entry[2], entry[3], "idle" if entry[0] is None else "timer"
 
     def _next_deadline(self) -> float | None:
-        """The earliest live deadline, or None; drops dead entries on top."""
+        """The earliest live deadline, or None.  Sweeps the heap if dead
+        entries have piled up, else drops those on top."""
         heap = self._heap
+        if self._cancels > _SWEEP_MIN and 2 * self._cancels > len(heap):
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapify(heap)
+            self._cancels = 0
         while heap and heap[0][2] is None:
             heappop(heap)
         return heap[0][0] if heap else None

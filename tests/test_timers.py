@@ -257,8 +257,10 @@ def test_scheduling_and_cancelling_200k_timers_is_fast_and_the_heap_shrinks(floo
     elapsed = time.perf_counter() - start
 
     # O(log n) each: well under a second on any machine (O(n) cancel would
-    # take minutes).  The swept heap holds a few hundred entries, not 200k.
+    # take minutes).  The next pass sweeps the heap: it holds a few hundred
+    # entries, not 200k.
     assert elapsed < 3.0
+    floop.run_once(0)
     assert len(floop._heap) < 1000
     assert floop.after_info() == [keep]
 
