@@ -251,7 +251,7 @@ class Channel:
         return len(data)
 
     def _consume(self, used: int) -> None:
-        """Drop the first ``used`` raw bytes of input, handed out by now.
+        r"""Drop the first ``used`` raw bytes of input, handed out by now.
 
         A \r as the last byte of the buffer may be half a \r\n whose \n is
         still on its way: remember to drop that \n when it comes.
@@ -262,7 +262,7 @@ class Channel:
         del buf[:used]
 
     def _line_end(self, buf: bytearray) -> tuple[int, int]:
-        """Where the first line end in ``buf`` starts and how many bytes it
+        r"""Where the first line end in ``buf`` starts and how many bytes it
         is, or (-1, 0).  As in Tcl, only ``auto`` knows more than one kind:
         under ``cr`` a \n is data, under ``crlf`` a lone \r or \n is."""
         mode = self._in_mode
@@ -277,7 +277,7 @@ class Channel:
         return buf.find(b"\r" if mode == "cr" else b"\n"), 1
 
     def _cooked(self, n: int | None) -> tuple[str | bytes, int]:
-        """Up to ``n`` characters (bytes when binary; None: all) of the
+        r"""Up to ``n`` characters (bytes when binary; None: all) of the
         input, translated and decoded, and how many raw bytes they are.
 
         Consumes nothing: the buffer keeps raw bytes until `_consume`, so
@@ -295,7 +295,7 @@ class Channel:
         return text, self._raw_length(size)
 
     def _translate_in(self, data: bytes) -> bytes:
-        """Input translation: the line ends of ``data`` as \n."""
+        r"""Input translation: the line ends of ``data`` as \n."""
         mode = self._in_mode
         if mode == "auto":
             return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -306,7 +306,7 @@ class Channel:
         return data
 
     def _raw_length(self, size: int) -> int:
-        """How many raw input bytes the first ``size`` translated bytes are:
+        r"""How many raw input bytes the first ``size`` translated bytes are:
         each \r\n pair before the cut became a single \n."""
         if self._in_mode not in ("auto", "crlf"):
             return size

@@ -153,7 +153,8 @@ class Loop(Timers):
         Remove the handlers of a socket or descriptor before closing it
         yourself (``Channel.close`` does so).  The loop never lets a reused
         descriptor number inherit the old handlers, but it can't see a close
-        behind its back within the pass that already reported the event.
+        behind its back: a socket closed by an earlier handler of the same
+        pass still gets the event that pass reported for it.
         """
         bit = _EVENTS.get(event)
         if bit is None:
@@ -280,7 +281,10 @@ class Loop(Timers):
         """Run ``callback(*args)`` in the loop's thread; safe from any thread.
 
         Also safe from a signal handler.  Wakes the loop if it is sleeping.
+        Raises TypeError if ``callback`` is not callable.
         """
+        if not callable(callback):
+            raise TypeError(f"call_soon_threadsafe needs a callable, not {callback!r}")
         self._threadsafe.append((callback, args))
         self._wake()
 

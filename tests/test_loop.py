@@ -791,6 +791,12 @@ def test_many_threadsafe_calls_all_run_in_order(loop):
     assert log == list(range(5000))
 
 
+def test_call_soon_threadsafe_refuses_what_is_not_callable(loop):
+    with pytest.raises(TypeError):
+        loop.call_soon_threadsafe("not callable")
+    assert loop.run_once(0) == 0          # nothing queued, no wakeup sent
+
+
 def test_threadsafe_callback_that_raises_goes_to_bgerror(loop):
     errors = []
     loop.bgerror(errors.append)
