@@ -59,9 +59,9 @@ def after_cancel(timer: Any) -> None:
     get_loop().after_cancel(timer)
 
 
-def after_info() -> list[TimerId]:
+def after_info(timer: TimerId | None = None) -> Any:
     """`Loop.after_info` on the calling thread's loop."""
-    return get_loop().after_info()
+    return get_loop().after_info(timer)
 
 
 def vwait(var: Var) -> Any:

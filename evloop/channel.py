@@ -6,14 +6,26 @@ A `Channel` owns one connected socket and two byte buffers.
 
 Input.  ``gets`` and ``read`` serve what is already in the input buffer and
 call ``recv`` only when it does not hold what they need; a non-blocking
-channel calls it once and takes what came (``blocked()`` then tells that the
-request could not be met), a blocking one calls it until it can answer.
-Line ends are found on bytes (``\\n``, ``\\r\\n`` or a lone ``\\r`` under the
-default ``auto`` translation) and each line is then decoded, so a multi-byte
-character split between two segments is never cut.  While the buffer still
+channel calls it until the socket has nothing more and takes what came
+(``blocked()`` then tells that the request could not be met), a blocking one
+calls it until it can answer.
+The buffer holds the bytes as they came; translation and decoding apply
+only to what a request takes out of it.  ``gets`` finds the line end on
+bytes (``\\n``, ``\\r\\n`` or a lone ``\\r`` under the default ``auto``
+translation; one kind under ``lf``, ``cr`` or ``crlf``, as in Tcl) and then
+decodes the line, so a multi-byte character split between two segments is
+never cut (encodings must therefore be ASCII-compatible).  ``read(n)``
+translates and decodes a view of the buffer and removes just the raw bytes
+of the characters it returns, so the next request still sees a \\r\\n or a
+lone \\r at the cut.  A \\r that was the last byte of the buffer may be half a
+\\r\\n: ``auto`` has taken it as a line end and drops the \\n when it comes;
+``crlf`` waits for the next byte.  While the buffer still
 holds data that the last ``gets`` or ``read`` left behind, the loop counts the
 channel readable (Tcl's rule): a handler that reads one line per call is
 called again for the next line even though the socket itself has nothing new.
+What a request left because it could not use it (part of a line after
+``gets``, part of a character after ``read``: ``blocked()`` is true) does not
+count, or the handler would be called again and again for it.
 
 Output.  ``puts`` encodes and appends to the output buffer, which is sent
 according to the buffering mode: ``line`` (the default: at each newline),
@@ -59,6 +71,11 @@ class Channel:
     unless ``blocking=True``.
     """
 
+    __slots__ = ("sock", "_fd", "_loop", "_inbuf", "_outbuf", "_eof", "_blocked",
+                 "_skip_lf", "_error", "_write_error", "_closed", "_blocking",
+                 "_buffering", "_buffersize", "_encoding", "_in_mode", "_out_mode",
+                 "__weakref__")
+
     def __init__(self, sock: socket.socket, loop: Loop | None = None,
                  blocking: bool = False) -> None:
         self.sock = sock
@@ -71,14 +88,15 @@ class Channel:
         self._skip_lf = False       # a \r ended the last line; drop a \n next
         self._error: OSError | None = None        # kept for error()
         self._write_error: OSError | None = None  # raised by the next write
-        self._closing = False       # close() called, output still draining
+        self._closed = False        # close() called (the socket may still drain)
         self._blocking = blocking
         self._buffering = "line"
         self._buffersize = 4096
         self._encoding = "utf-8"
         self._in_mode = "auto"
         self._out_mode = "lf"
-        sock.setblocking(blocking)
+        if sock.getblocking() != blocking:      # (a system call; often a no-op)
+            sock.setblocking(blocking)
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd {self._fd}"
@@ -94,37 +112,35 @@ class Channel:
         """Set options (Tcl's ``fconfigure``); returns the full configuration.
 
         ``blocking`` (bool); ``buffering`` ("none", "line", "full");
-        ``buffersize`` (bytes); ``encoding`` (a codec name, or "binary" for
-        bytes in and out); ``translation``: "auto", "lf", "crlf", "cr" or
-        "binary", for both directions, or an ``(input, output)`` pair as in
-        Tcl.  Raises ValueError for an unknown option or value.
+        ``buffersize`` (bytes); ``encoding`` (the name of an ASCII-compatible
+        codec, or "binary" for bytes in and out); ``translation``: "auto",
+        "lf", "crlf", "cr" or "binary", for both directions, or an ``(input,
+        output)`` pair as in Tcl ("binary" also sets the encoding).  Raises
+        ValueError for an unknown option or a bad value (LookupError for an
+        unknown codec), and then changes nothing.  Switching to blocking
+        sends queued output before returning.
         """
+        config = self._configuration()
         for name, value in options.items():
-            if name == "blocking":
-                self._blocking = bool(value)
-                if self._fd >= 0:
-                    self.sock.setblocking(self._blocking)
-            elif name == "buffering":
-                if value not in _BUFFERING:
-                    raise ValueError(f"bad buffering {value!r}: must be one of {_BUFFERING}")
-                self._buffering = value
-            elif name == "buffersize":
-                if not isinstance(value, int) or value < 1:
-                    raise ValueError(f"bad buffersize {value!r}: must be a positive int")
-                self._buffersize = value
-            elif name == "encoding":
-                if value != "binary":
-                    codecs.lookup(value)        # raises LookupError if unknown
-                self._encoding = value
-            elif name == "translation":
-                in_mode, out_mode = (value, value) if isinstance(value, str) else value
-                if in_mode not in _IN_MODES or out_mode not in _OUT_MODES:
-                    raise ValueError(f"bad translation {value!r}: must be one of {_IN_MODES}")
-                self._in_mode, self._out_mode = in_mode, out_mode
-                if "binary" in (in_mode, out_mode):
-                    self._encoding = "binary"
-            else:
+            if name not in config:
                 raise ValueError(f"unknown channel option {name!r}")
+            config[name] = value = _checked_option(name, value)
+            if name == "translation" and "binary" in value:
+                config["encoding"] = "binary"
+        self._blocking = config["blocking"]
+        self._buffering = config["buffering"]
+        self._buffersize = config["buffersize"]
+        self._encoding = config["encoding"]
+        self._in_mode, self._out_mode = config["translation"]
+        self._skip_lf = self._skip_lf and self._in_mode == "auto"
+        if not self._closed:
+            self.sock.setblocking(self._blocking)
+            if self._blocking and self._outbuf:
+                self._flush()                    # all of it, now
+                self._loop._watch_output(self)   # no background flush left
+        return config
+
+    def _configuration(self) -> dict[str, Any]:
         return {
             "blocking": self._blocking,
             "buffering": self._buffering,
@@ -142,17 +158,24 @@ class Channel:
         ``eof()`` true.  A blocking channel waits for a line.  Raises the
         socket's OSError on a read error (a reset), leaving ``eof()`` true.
         """
-        self._check_open()
-        line = self._take_line()
-        while line is None and not self._eof:
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
+        buf = self._inbuf
+        start, size = self._line_end(buf) if buf else (-1, 0)
+        while start < 0 and not self._eof:
             if not self._fill() and not self._blocking:
                 break
-            line = self._take_line()
-        if line is None and self._eof and self._inbuf:
-            line = bytes(self._inbuf)          # last line, unterminated
-            self._inbuf.clear()
+            start, size = self._line_end(buf)
+        if start >= 0:
+            line: bytes | None = bytes(buf[:start])
+            self._consume(start + size)
+        elif self._eof and buf:
+            line = bytes(buf)                  # last line, unterminated
+            buf.clear()
+        else:
+            line = None
         self._blocked = line is None and not self._eof
-        if self._inbuf and not self._blocked:
+        if buf and not self._blocked:          # see _has_input
             self._loop._note_input(self)
         if line is None or self._encoding == "binary":
             return line
@@ -164,26 +187,20 @@ class Channel:
         Returns an empty string when nothing is there.  A blocking channel
         reads until end of file, or until it has ``n`` characters.
         """
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         if n is not None and n < 0:
             raise ValueError("read size must be >= 0")
-        binary = self._encoding == "binary"
-        while not self._eof and not self._holds(n, binary):
+        while not self._eof and not self._holds(n):
             if not self._fill() and not self._blocking:
                 break
-        self._blocked = not self._inbuf and not self._eof
-        data = bytes(self._inbuf)
-        self._inbuf.clear()
-        data = self._translate_in(data)
-        if binary:
-            text: str | bytes = data
-            if n is not None and len(data) > n:
-                self._inbuf[:0] = data[n:]       # translated already
-                text = data[:n]
-        else:
-            text, rest = self._decode_prefix(data, n)
-            self._inbuf[:0] = rest
-        if self._inbuf:
+        text, used = self._cooked(n)
+        self._consume(used)
+        # As Tcl's fblocked: short of what was asked for (all of it, when n
+        # is None) for lack of input.  What is left then, part of a
+        # character, is no reason to call the readable handler again.
+        self._blocked = not self._eof and (n is None or len(text) < n)
+        if self._has_input():
             self._loop._note_input(self)
         return text
 
@@ -192,14 +209,20 @@ class Channel:
         return self._eof and not self._inbuf
 
     def blocked(self) -> bool:
-        """True if the last ``gets``/``read`` could not be met for lack of input."""
+        """True if the last ``gets``/``read`` could not be met for lack of input.
+
+        Tcl's ``fblocked``: after ``gets`` no complete line was buffered;
+        after ``read(n)`` fewer than ``n`` characters were (any ``read()``
+        that stops short of end of file counts).  Until more input comes,
+        the loop does not count the channel readable for what is left.
+        """
         return self._blocked
 
-    def _holds(self, n: int | None, binary: bool) -> bool:
-        """Whether the input buffer holds ``n`` bytes (binary) or characters."""
-        if n is None or len(self._inbuf) < n:
+    def _holds(self, n: int | None) -> bool:
+        """Whether the input buffer holds ``n`` characters (bytes when binary)."""
+        if n is None or len(self._inbuf) < n:     # never fewer bytes than that
             return False
-        return binary or len(self._inbuf.decode(self._encoding, "replace")) >= n
+        return len(self._cooked(n)[0]) >= n
 
     def _has_input(self) -> bool:
         """Whether the loop should call the readable handler without I/O."""
@@ -218,70 +241,100 @@ class Channel:
         if not data:
             self._eof = True
             return 0
-        self._inbuf += data
+        if self._skip_lf:
+            self._skip_lf = False
+            # The \n of a \r\n split between two segments: the \r ended the
+            # line already.  (It is set only when the buffer was used up.)
+            self._inbuf += data[1:] if data[0] == 10 else data
+        else:
+            self._inbuf += data
         return len(data)
 
-    def _take_line(self) -> bytes | None:
-        """Remove and return one complete line from the input buffer."""
+    def _consume(self, used: int) -> None:
+        r"""Drop the first ``used`` raw bytes of input, handed out by now.
+
+        A \r as the last byte of the buffer may be half a \r\n whose \n is
+        still on its way: remember to drop that \n when it comes.
+        """
         buf = self._inbuf
-        if self._skip_lf and buf:
-            self._skip_lf = False
-            if buf[0] == 10:                  # the \n of a \r\n split in two
-                del buf[0]
+        self._skip_lf = (self._in_mode == "auto" and used == len(buf)
+                         and used > 0 and buf[used - 1] == 13)
+        del buf[:used]
+
+    def _line_end(self, buf: bytearray) -> tuple[int, int]:
+        r"""Where the first line end in ``buf`` starts and how many bytes it
+        is, or (-1, 0).  As in Tcl, only ``auto`` knows more than one kind:
+        under ``cr`` a \n is data, under ``crlf`` a lone \r or \n is."""
         mode = self._in_mode
-        nl = buf.find(b"\n")
-        if mode == "auto" or mode == "cr":
+        if mode == "auto":
+            nl = buf.find(b"\n")
             cr = buf.find(b"\r", 0, nl if nl >= 0 else len(buf))
-            if cr >= 0:
-                line = bytes(buf[:cr])
-                if cr + 1 < len(buf):
-                    del buf[:cr + 2 if buf[cr + 1] == 10 else cr + 1]
-                else:                          # \r last: a \n may follow later
-                    del buf[:cr + 1]
-                    self._skip_lf = True
-                return line
-        if nl < 0:
-            return None
-        end = nl - 1 if mode == "crlf" and nl > 0 and buf[nl - 1] == 13 else nl
-        line = bytes(buf[:end])
-        del buf[:nl + 1]
-        return line
+            if cr < 0:
+                return nl, 1
+            return cr, 2 if buf[cr + 1:cr + 2] == b"\n" else 1
+        if mode == "crlf":
+            return buf.find(b"\r\n"), 2
+        return buf.find(b"\r" if mode == "cr" else b"\n"), 1
+
+    def _cooked(self, n: int | None) -> tuple[str | bytes, int]:
+        r"""Up to ``n`` characters (bytes when binary; None: all) of the
+        input, translated and decoded, and how many raw bytes they are.
+
+        Consumes nothing: the buffer keeps raw bytes until `_consume`, so
+        what a ``read(n)`` leaves is translated afresh by the next request,
+        with the bytes around its cut (a \r\n, a lone \r) still in view.
+        """
+        data = self._translate_in(bytes(self._inbuf))
+        if self._in_mode == "crlf" and not self._eof and data.endswith(b"\r"):
+            data = data[:-1]        # maybe half a \r\n: wait for the next byte
+        if self._encoding == "binary":
+            text: str | bytes = data if n is None else data[:n]
+            size = len(text)
+        else:
+            text, size = self._decode_prefix(data, n)
+        return text, self._raw_length(size)
 
     def _translate_in(self, data: bytes) -> bytes:
-        """Apply input translation to raw bytes handed out by ``read``."""
+        r"""Input translation: the line ends of ``data`` as \n."""
         mode = self._in_mode
-        if self._skip_lf and data:
-            self._skip_lf = False
-            if data[:1] == b"\n":
-                data = data[1:]
-        if mode in ("auto", "cr") and b"\r" in data:
-            if data.endswith(b"\r"):
-                self._skip_lf = True
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        elif mode == "crlf":
-            data = data.replace(b"\r\n", b"\n")
+        if mode == "auto":
+            return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if mode == "crlf":
+            return data.replace(b"\r\n", b"\n")
+        if mode == "cr":
+            return data.replace(b"\r", b"\n")
         return data
 
-    def _decode_prefix(self, data: bytes, n: int | None) -> tuple[str, bytes]:
+    def _raw_length(self, size: int) -> int:
+        r"""How many raw input bytes the first ``size`` translated bytes are:
+        each \r\n pair before the cut became a single \n."""
+        if self._in_mode not in ("auto", "crlf"):
+            return size
+        buf, pairs = self._inbuf, 0
+        at = buf.find(b"\r\n")
+        while 0 <= at < size + pairs:      # this pair's \n is inside the cut
+            pairs += 1
+            at = buf.find(b"\r\n", at + 2)
+        return size + pairs
+
+    def _decode_prefix(self, data: bytes, n: int | None) -> tuple[str, int]:
         """Decode what can be decoded of ``data`` (up to n characters);
-        return the text and the bytes left over (a partial character)."""
+        return the text and how many bytes of ``data`` it is (a partial
+        character at the end is left for later, except at end of file)."""
         decoder = codecs.getincrementaldecoder(self._encoding)("replace")
         text = decoder.decode(data, final=self._eof)
-        pending = decoder.getstate()[0]
-        rest = data[len(data) - len(pending):] if pending else b""
-        if n is not None and len(text) > n:
-            # Re-encode the part handed out to learn its byte length.  With
-            # replacement characters that is not exact, so count per byte.
-            if "\ufffd" not in text[:n]:
-                used = len(text[:n].encode(self._encoding))
-            else:
-                used, decoder = 0, codecs.getincrementaldecoder(self._encoding)("replace")
-                produced = 0
-                while produced < n:
-                    produced += len(decoder.decode(data[used:used + 1]))
-                    used += 1
-            return text[:n], data[used:]
-        return text, rest
+        if n is None or len(text) <= n:
+            return text, len(data) - len(decoder.getstate()[0])
+        # Re-encode the part handed out to learn its byte length.  With
+        # replacement characters that is not exact, so count per byte.
+        if "\ufffd" not in text[:n]:
+            return text[:n], len(text[:n].encode(self._encoding))
+        used, produced = 0, 0
+        decoder = codecs.getincrementaldecoder(self._encoding)("replace")
+        while produced < n:
+            produced += len(decoder.decode(data[used:used + 1]))
+            used += 1
+        return text[:n], used
 
     # --------------------------------------------------------------- output
 
@@ -292,10 +345,12 @@ class Channel:
         OSError if the socket failed (including a background flush error
         met earlier).
         """
-        self._check_open()
-        self._raise_write_error()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
+        if self._write_error is not None:
+            self._raise_write_error()
         if self._encoding == "binary":
-            if isinstance(text, str):
+            if not isinstance(text, (bytes, bytearray, memoryview)):
                 raise TypeError("puts on a binary channel takes bytes")
             data = bytes(text)
         else:
@@ -316,7 +371,8 @@ class Channel:
 
     def flush(self) -> None:
         """Send the buffered output (in the background if non-blocking)."""
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         self._raise_write_error()
         self._flush()
 
@@ -350,7 +406,7 @@ class Channel:
             self._write_error = exc
             self._error = exc
         if not self._outbuf:
-            if self._closing:
+            if self._closed:
                 self._finish_close()
             else:
                 self._loop._watch_output(self)      # stop watching writable
@@ -369,28 +425,25 @@ class Channel:
         """Close the channel; its file events go with it.
 
         A non-blocking channel returns at once and its queued output drains
-        while the loop runs; ``force=True`` discards it.  Raises a background
-        flush error not yet reported.  Closing twice is a no-op.
+        while the loop runs; ``force=True`` discards it, also when given to
+        a second close while that drain is under way.  Raises a background
+        flush error not yet reported.  Closing again is otherwise a no-op.
         """
-        if self._fd < 0 or self._closing:
+        if self._fd < 0 or (self._closed and not force):
             return
-        self._closing = True
-        loop = self._loop
-        watch = loop._watches.get(self._fd)
-        if watch is not None and watch.channel is self:
-            watch.reader = watch.writer = None
-            watch.reader_args = watch.writer_args = ()
-        loop._input_ready.pop(self, None)
+        self._closed = True
         exc, self._write_error = self._write_error, None
         if force or exc is not None:
             self._outbuf.clear()
-        if self._outbuf:
+        elif self._outbuf:
             try:
                 self._flush()
             except OSError as err:
-                exc = exc or err
+                exc = err
         if self._outbuf:
-            loop._watch_output(self)    # closes in _drain once empty
+            # The handlers go now, the socket once the output has drained
+            # (in _drain).
+            self._loop._remove_handlers(self)
             return
         self._finish_close()
         if exc is not None:
@@ -401,19 +454,14 @@ class Channel:
         # inherit our registration.
         self._loop._forget(self._fd)
         self._fd = -1
-        self._closing = False
         try:
             self.sock.close()
         except OSError:
             pass
 
-    def _check_open(self) -> None:
-        if self._fd < 0 or self._closing:
-            raise ValueError("I/O operation on a closed channel")
-
     def closed(self) -> bool:
         """True once ``close`` was called."""
-        return self._fd < 0 or self._closing
+        return self._closed
 
     # ---------------------------------------------------------- information
 
@@ -440,13 +488,42 @@ class Channel:
     def peername(self) -> tuple[str, int] | str:
         """The peer's (host, port), or path for a Unix socket; OSError if
         not connected."""
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         return _address(self.sock.getpeername())
 
     def sockname(self) -> tuple[str, int] | str:
         """The local (host, port), or path for a Unix socket."""
-        self._check_open()
+        if self._closed:
+            raise ValueError("I/O operation on a closed channel")
         return _address(self.sock.getsockname())
+
+
+def _checked_option(name: str, value: Any) -> Any:
+    """The value of channel option ``name`` as kept; ValueError (or
+    LookupError, for an unknown codec) if it is not a valid one."""
+    if name == "blocking":
+        return bool(value)
+    if name == "buffering":
+        if value not in _BUFFERING:
+            raise ValueError(f"bad buffering {value!r}: must be one of {_BUFFERING}")
+    elif name == "buffersize":
+        if type(value) is not int or value < 1:
+            raise ValueError(f"bad buffersize {value!r}: must be a positive int")
+    elif name == "encoding":
+        if value != "binary":
+            codecs.lookup(value)                # raises LookupError if unknown
+            # Line ends are looked for in the bytes (see the module notes).
+            if "\r\n".encode(value) != b"\r\n":
+                raise ValueError(f"encoding {value!r} is not ASCII-compatible")
+    elif name == "translation":
+        pair = (value, value) if isinstance(value, str) else value
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or pair[0] not in _IN_MODES or pair[1] not in _OUT_MODES):
+            raise ValueError(f"bad translation {value!r}: must be one of {_IN_MODES}"
+                             " or an (input, output) pair of them")
+        return tuple(pair)
+    return value
 
 
 def _address(addr: Any) -> tuple[str, int] | str:

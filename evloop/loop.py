@@ -3,28 +3,35 @@
 How a pass of the loop works
 ----------------------------
 ``Loop.run_once`` is the heartbeat of every program built on evloop.  Each
-pass does the same five things, in this order:
+pass does the same six things, in this order:
 
-1. Decide how long it may sleep.  Not at all if callbacks from other threads,
+1. Decide how long it may sleep: not at all if callbacks from other threads,
    buffered channel input or idle callbacks are waiting; otherwise until the
    nearest timer deadline (or for ever, or the caller's ``timeout``).
-2. Ask the selector (epoll on Linux) which descriptors are ready.
+2. Ask the selector (epoll on Linux) which descriptors are ready.  epoll
+   reports an error or a hang-up even when it was not asked to: the
+   selector passes it on as readable and writable, so the handler that is
+   set runs, and finds the error when it reads or writes (or asks
+   ``ch.error()``).
 3. Call the file-event handlers of the ready descriptors.  Each handler is
-   looked up again at the moment it is called, through the registration the
-   event came with: a handler removed earlier in the same pass does not run,
-   and a descriptor number closed and reused by a new socket never receives
-   the events meant for the old one (the old registration is dead).
-4. Call the handlers of channels that still hold unread input (Tcl counts
-   such a channel readable even if the socket is not), then the timers that
-   are due -- all collected before any runs, so a timer that schedules
-   ``after 0`` waits for the next pass -- then callbacks queued from other
-   threads.
-5. If nothing at all happened in steps 3 and 4, run one generation of idle
+   looked up at the moment it is called, through the registration (the
+   *watch*) that the event came with: a handler removed earlier in the same
+   pass does not run, and once a descriptor is closed its watch is dead, so
+   a new socket that gets the same number never receives events meant for
+   the old one.
+4. Call the readable handlers of channels that still hold unread input
+   (Tcl counts such a channel readable even if the socket is not).
+5. Run the timers that were due when this step began (one made now, even
+   ``after 0``, waits for the next pass), then the callbacks queued from
+   other threads before this step began.
+6. If nothing at all ran in steps 3 to 5, run one generation of idle
    callbacks (``after idle``): idle means "no other event was ready".
 
 An exception in any callback goes to the background-error handler
 (``bgerror``) and the loop carries on.  A file-event handler that raises is
-also deleted, as in Tcl, so a buggy handler cannot spin the CPU.
+also deleted, as in Tcl, so a buggy handler cannot spin the CPU.  Other
+exceptions (KeyboardInterrupt, SystemExit) leave the loop and lose nothing
+that was waiting: what was due and did not run yet runs on the next pass.
 
 ``vwait`` is a nested loop: it runs passes until a `Var` is set, and may be
 called from inside a callback (Tcl's ``vwait`` nests the same way).
@@ -32,7 +39,6 @@ called from inside a callback (Tcl's ``vwait`` nests the same way).
 
 from __future__ import annotations
 
-import os
 import selectors
 import signal as _signal
 import socket
@@ -43,7 +49,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable
 
-from .timers import TimerId, TimerQueue
+from .timers import Timers
 
 __all__ = ["Loop", "Var", "get_loop", "set_loop"]
 
@@ -75,11 +81,13 @@ class Var:
 
 
 class _Watch:
-    """The file events of one open descriptor.
+    """The file events of one open descriptor: the selector's ``data``.
 
     A new _Watch is made each time a descriptor goes from "no handlers" to
-    "some"; the old one is marked dead (``fd = -1``).  Events carry the _Watch
-    they were registered with, so a stale event finds a dead watch.
+    "some"; when the descriptor is forgotten the old one is made dead
+    (``fd = -1``, no handlers).  Events carry the _Watch they were
+    registered with, so an event that arrives for a forgotten descriptor
+    finds nothing to call.
     """
 
     __slots__ = ("fd", "owner", "channel", "reader", "reader_args",
@@ -101,26 +109,22 @@ def _default_bgerror(exc: BaseException) -> None:
     traceback.print_exception(exc, file=sys.stderr)
 
 
-class Loop:
+class Loop(Timers):
     """A Tcl-style event loop on ``selectors.DefaultSelector``.
 
     ``clock`` is the time source for timers (seconds, monotonic); tests pass
-    a fake one to make timer ordering exact.
+    a fake one to make timer ordering exact.  The timer methods
+    (``after``, ``after_idle``, ``after_cancel``, ``after_info``) come from
+    `evloop.timers.Timers`.
     """
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
         self._selector = selectors.DefaultSelector()
         self._clock = clock or time.monotonic
-        self._timers = TimerQueue()
         self._watches: dict[int, _Watch] = {}
-        self._input_ready: dict[Channel, None] = {}   # channels with unread input
+        self._input_ready: dict[Channel, bool] = {}   # channels with unread input
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
-        # Timers and idle callbacks taken off their queues for this pass and
-        # not yet run.  They live on the loop, not in a local list, so that a
-        # vwait nested in one of them runs the rest (as Tcl does), and an
-        # exception escaping the loop loses none of them.
-        self._due: deque[TimerId] = deque()
-        self._idle_round: deque[TimerId] = deque()
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
         self._closed = False
@@ -142,42 +146,74 @@ class Loop:
         ``fileevent(ch, "readable")`` returns the current callable or None.
         ``ch`` is a `Channel`, a socket or an integer descriptor; ``event``
         is ``"readable"`` or ``"writable"``.  Raises ValueError for any other
-        event name and for a closed channel or socket.
+        event name and for a closed channel or socket, TypeError for a
+        handler that is not callable, and OSError if the selector refuses
+        the descriptor (a regular file, say); nothing is changed then.
+
+        Remove the handlers of a socket or descriptor before closing it
+        yourself (``Channel.close`` does so).  The loop never lets a reused
+        descriptor number inherit the old handlers, but it can't see a close
+        behind its back: a socket closed by an earlier handler of the same
+        pass still gets the event that pass reported for it.
         """
         bit = _EVENTS.get(event)
         if bit is None:
             raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
-        fd, channel = _fileno(ch)
+        if isinstance(ch, Channel):
+            channel, fd = ch, ch._fd
+        else:
+            channel, fd = None, _fileno(ch)
         watch = self._watches.get(fd)
-        if watch is not None and watch.owner is not ch and not isinstance(ch, int):
-            # The descriptor number was closed and reused without its
-            # handlers being removed: the old registration is stale.
-            self._forget(fd)
-            watch = None
+        if watch is not None and watch.owner is not ch:
+            watch = self._watch_of(ch, fd)       # someone else's: stale?
         if not handler:
             if watch is None:
                 return None
             return watch.reader if bit == _READ else watch.writer
         callback, args = handler[0], handler[1:]
-        if callback is not None and not callable(callback):
-            raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
-        if callback is None and watch is None:
-            return None
-        if watch is None:
-            if fd < 0:
+        if callback is not None:
+            if not callable(callback):
+                raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
+            if fd < 0 or (channel is not None and channel._closed):
                 raise ValueError("fileevent on a closed channel")
-            watch = self._watches[fd] = _Watch(fd, ch, channel)
+            if watch is None:
+                watch = self._watches[fd] = _Watch(fd, ch, channel)
+        elif watch is None:
+            return None                        # nothing to remove
         if bit == _READ:
             watch.reader, watch.reader_args = callback, args
             if callback is not None and channel is not None and channel._has_input():
-                self._input_ready[channel] = None
+                self._input_ready[channel] = True
         else:
             watch.writer, watch.writer_args = callback, args
         self._update_mask(watch)
         return None
 
+    def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
+        """The watch through which ``ch`` (on descriptor ``fd``) is watched,
+        or None.
+
+        A watch made for another object is stale: that object's descriptor
+        was closed, its handlers still set, and the number reused by ``ch``.
+        It is dropped, so ``ch`` never inherits the old handlers.  An integer
+        names whatever is open on that number, so it shares the watch of an
+        object that still owns the number.  (A watch made for an integer
+        can't tell that its descriptor was closed behind the loop's back:
+        remove the handlers of a number before closing it.)
+        """
+        watch = self._watches.get(fd)
+        if watch is None or watch.owner is ch:
+            return watch
+        if isinstance(ch, int) and _fileno(watch.owner) == fd:
+            return watch
+        self._forget(fd)
+        return None
+
     def _update_mask(self, watch: _Watch) -> None:
-        """Tell the selector what ``watch`` now wants; drop it if nothing."""
+        """Tell the selector what ``watch`` now wants; drop it if nothing.
+
+        If the selector refuses, the watch is dropped and the OSError raised.
+        """
         mask = 0
         if watch.reader is not None:
             mask |= _READ
@@ -187,12 +223,16 @@ class Loop:
             return
         if mask == 0:
             self._forget(watch.fd)
-        elif watch.mask == 0:
-            self._selector.register(watch.fd, mask, watch)
-            watch.mask = mask
-        else:
-            self._selector.modify(watch.fd, mask, watch)
-            watch.mask = mask
+            return
+        try:
+            if watch.mask == 0:
+                self._selector.register(watch.fd, mask, watch)
+            else:
+                self._selector.modify(watch.fd, mask, watch)
+        except OSError:
+            self._forget(watch.fd)
+            raise
+        watch.mask = mask
 
     def _forget(self, fd: int) -> None:
         """Remove every handler of ``fd``; call this *before* closing it."""
@@ -205,17 +245,26 @@ class Loop:
                 self._selector.unregister(fd)
             except (KeyError, ValueError):
                 pass
-        watch.fd = -1
-        watch.reader = watch.writer = None
-        watch.reader_args = watch.writer_args = ()
-        watch.mask = 0
         if watch.channel is not None:
             self._input_ready.pop(watch.channel, None)
+        # Dead: an event of this pass that still carries it calls nothing.
+        watch.fd = -1
+        watch.channel = watch.reader = watch.writer = None
+
+    def _remove_handlers(self, channel: Channel) -> None:
+        """Remove both handlers of a channel that closes once its output
+        has drained; the output is still watched."""
+        watch = self._watch_of(channel, channel._fd)
+        if watch is not None:
+            watch.reader = watch.writer = None
+            watch.reader_args = watch.writer_args = ()
+        self._input_ready.pop(channel, None)
+        self._watch_output(channel)
 
     def _watch_output(self, channel: Channel) -> None:
         """Watch ``channel`` for writability while its output buffer is not
         empty (the background flush); stop when it is."""
-        watch = self._watches.get(channel._fd)
+        watch = self._watch_of(channel, channel._fd)
         if watch is None:
             if not channel._outbuf:
                 return
@@ -224,27 +273,7 @@ class Loop:
 
     def _note_input(self, channel: Channel) -> None:
         """A channel's buffer holds input: its readable handler is due."""
-        self._input_ready[channel] = None
-
-    # --------------------------------------------------------------- timers
-
-    def after(self, ms: float, callback: Callable[..., Any], *args: Any) -> TimerId:
-        """Run ``callback(*args)`` once, ``ms`` milliseconds from now."""
-        when = self._clock() + (ms / 1000.0 if ms > 0 else 0.0)
-        return self._timers.add(when, callback, args)
-
-    def after_idle(self, callback: Callable[..., Any], *args: Any) -> TimerId:
-        """Run ``callback(*args)`` when the loop has nothing else to do."""
-        return self._timers.add_idle(callback, args)
-
-    def after_cancel(self, timer: Any) -> None:
-        """Cancel a pending timer or idle callback; anything else is a no-op."""
-        self._timers.cancel(timer)
-
-    def after_info(self) -> list[TimerId]:
-        """The TimerIds still pending, idle ones included."""
-        taken = [t for t in (*self._due, *self._idle_round) if t.pending]
-        return taken + self._timers.pending()
+        self._input_ready[channel] = True
 
     # ---------------------------------------------------------- other threads
 
@@ -252,7 +281,10 @@ class Loop:
         """Run ``callback(*args)`` in the loop's thread; safe from any thread.
 
         Also safe from a signal handler.  Wakes the loop if it is sleeping.
+        Raises TypeError if ``callback`` is not callable.
         """
+        if not callable(callback):
+            raise TypeError(f"call_soon_threadsafe needs a callable, not {callback!r}")
         self._threadsafe.append((callback, args))
         self._wake()
 
@@ -308,16 +340,6 @@ class Loop:
             _default_bgerror(exc)
             _default_bgerror(inner)
 
-    def _handler_failed(self, watch: _Watch, bit: int, exc: Exception) -> None:
-        # Tcl deletes a file-event handler that raised; so do we.
-        if watch.fd >= 0:
-            if bit == _READ:
-                watch.reader, watch.reader_args = None, ()
-            else:
-                watch.writer, watch.writer_args = None, ()
-            self._update_mask(watch)
-        self._report(exc)
-
     # ------------------------------------------------------------ the pass
 
     def run_once(self, timeout: float | None = None) -> int:
@@ -326,106 +348,99 @@ class Loop:
         Waits at most ``timeout`` seconds for an event (None: until one
         comes; 0: not at all).
         """
-        timers = self._timers
-        clock = self._clock
-
         # 1. How long may we sleep?
-        if (self._threadsafe or self._input_ready or timers.idle
-                or self._due or self._idle_round):
+        if self._threadsafe or self._input_ready or self._idle:
             timeout = 0
-        elif timers.heap:
-            deadline = timers.next_deadline()
+        elif self._heap:
+            deadline = self._next_deadline()
             if deadline is not None:
-                wait = max(0.0, deadline - clock())
-                timeout = wait if timeout is None else min(timeout, wait)
+                wait = max(0.0, deadline - self._clock())
+                if timeout is None or wait < timeout:
+                    timeout = wait
 
-        # 2. Poll.  (DefaultSelector rounds the timeout up to whole
-        # milliseconds, so a 0.4 ms wait does not become a busy loop.)
-        events = self._selector.select(timeout)
+        # 2. Poll.  (The epoll selector rounds the timeout up to a whole
+        # millisecond, so a 0.4 ms wait does not become a busy loop.)
         ran = 0
-
-        # 3. File events; handlers looked up through the event's own watch.
-        for key, mask in events:
+        for key, mask in self._selector.select(timeout):
+            # 3. File events, through the watch each event came with.
             watch = key.data
-            if mask & _READ:
-                callback = watch.reader
-                if callback is not None:
-                    ran += 1
-                    try:
-                        callback(*watch.reader_args)
-                    except Exception as exc:
-                        self._handler_failed(watch, _READ, exc)
+            if mask & _READ and watch.reader is not None:
+                ran += 1
+                try:
+                    watch.reader(*watch.reader_args)
+                except Exception as exc:
+                    self._handler_failed(watch, _READ, exc)
             if mask & _WRITE:
-                channel = watch.channel
-                if channel is not None and channel._outbuf and watch.fd >= 0:
-                    channel._drain()             # background flush first
-                callback = watch.writer
-                if callback is not None:
+                if watch.channel is not None and watch.channel._outbuf:
+                    watch.channel._drain()           # background flush first
+                if watch.writer is not None:
                     ran += 1
                     try:
-                        callback(*watch.writer_args)
+                        watch.writer(*watch.writer_args)
                     except Exception as exc:
                         self._handler_failed(watch, _WRITE, exc)
 
-        # 4a. Channels still holding input count as readable.
+        # 4. Channels still holding input count as readable.
         if self._input_ready:
-            ready, self._input_ready = self._input_ready, {}
-            for channel in ready:
-                watch = self._watches.get(channel._fd)
-                if watch is None or watch.channel is not channel or not channel._has_input():
-                    continue
-                callback = watch.reader
-                if callback is not None:
-                    ran += 1
-                    try:
-                        callback(*watch.reader_args)
-                    except Exception as exc:
-                        self._handler_failed(watch, _READ, exc)
+            ran += self._run_buffered_input()
 
-        # 4b. Timers that are due, all collected before any runs.
-        if timers.heap and timers.heap[0][0] <= clock():
-            self._due.extend(timers.pop_due(clock()))
-        if self._due:
-            ran += self._run_timers(self._due)
+        # 5. Timers that are due, then callbacks from other threads.
+        if self._heap:
+            ran += self._run_timers()
+        if self._threadsafe:
+            ran += self._run_threadsafe()
 
-        # 4c. Callbacks from other threads, as many as were queued now.
-        queue = self._threadsafe
-        for _ in range(len(queue)):
-            callback, args = queue.popleft()
-            ran += 1
-            try:
-                callback(*args)
-            except Exception as exc:
-                self._report(exc)
-
-        # 5. Idle callbacks, only when nothing else happened.
-        if not ran and (self._idle_round or timers.idle):
-            ran += self._run_idle_round()
+        # 6. Idle callbacks, only when nothing else happened.
+        if not ran and self._idle:
+            ran = self._run_idle()
         return ran
 
-    def _run_timers(self, batch: deque[TimerId]) -> int:
-        """Run the timers in ``batch``, taking each off before it runs."""
+    def _handler_failed(self, watch: _Watch, bit: int, exc: Exception) -> None:
+        """Report the exception of a file-event handler and delete it, as
+        Tcl does: it would most likely raise again on the same event, pass
+        after pass."""
+        if watch.fd >= 0:
+            if bit == _READ:
+                watch.reader, watch.reader_args = None, ()
+            else:
+                watch.writer, watch.writer_args = None, ()
+            self._update_mask(watch)
+        self._report(exc)
+
+    def _run_buffered_input(self) -> int:
+        """Call the readable handlers of the channels whose buffers still
+        hold input (queued by `_note_input`); returns how many ran.
+
+        Each is taken off the queue just before its handler runs: one that
+        reads and leaves more input is queued again for the next pass, and
+        an exception leaving the loop loses none of the others.
+        """
+        ready = self._input_ready
         ran = 0
-        while batch:
-            timer = batch.popleft()
-            if not timer.pending:              # cancelled by an earlier one
-                continue
-            timer.pending = False
-            callback, args = timer.callback, timer.args
-            timer.callback = timer.args = None
-            ran += 1
+        for channel in list(ready):
+            if not ready.pop(channel, False):
+                continue                         # closed earlier in this pass
+            watch = self._watches.get(channel._fd)
+            if (watch is not None and watch.channel is channel
+                    and watch.reader is not None and channel._has_input()):
+                ran += 1
+                try:
+                    watch.reader(*watch.reader_args)
+                except Exception as exc:
+                    self._handler_failed(watch, _READ, exc)
+        return ran
+
+    def _run_threadsafe(self) -> int:
+        """Run the callbacks queued by other threads before this call."""
+        queue = self._threadsafe
+        ran = len(queue)
+        for _ in range(ran):
+            callback, args = queue.popleft()
             try:
                 callback(*args)
             except Exception as exc:
                 self._report(exc)
         return ran
-
-    def _run_idle_round(self) -> int:
-        """Run one generation of idle callbacks (the rest of an unfinished
-        one first): those queued meanwhile wait for the next round."""
-        if not self._idle_round:
-            self._idle_round.extend(self._timers.take_idle())
-        return self._run_timers(self._idle_round)
 
     # ----------------------------------------------------- running and waiting
 
@@ -456,8 +471,8 @@ class Loop:
         idletasks``).
         """
         if idletasks:
-            while self._idle_round or self._timers.idle:
-                self._run_idle_round()
+            while self._idle:
+                self._run_idle()
             return
         while self.run_once(0):
             pass
@@ -473,14 +488,14 @@ class Loop:
         self._wake_w.close()
 
 
-def _fileno(ch: Any) -> tuple[int, Channel | None]:
-    """The descriptor of a Channel, socket or int, and the Channel if any."""
+def _fileno(ch: Any) -> int:
+    """The descriptor of a Channel, socket or int."""
     if isinstance(ch, int):
-        return ch, None
+        return ch
     if isinstance(ch, Channel):
-        return ch._fd, ch
+        return ch._fd
     try:
-        return ch.fileno(), None
+        return ch.fileno()
     except AttributeError:
         raise TypeError(f"fileevent needs a Channel, socket or descriptor, not {ch!r}") from None
 

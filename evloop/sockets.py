@@ -38,11 +38,28 @@ _NO_RESOURCES = {errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EMFILE, errno.
 # accept() errors of a full descriptor table or memory: pause, then retry.
 _ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_PAUSE_MS = 100
-_ACCEPT_BATCH = 64       # connections accepted per readable event, at most
+# Connections accepted or datagrams received per readable event, at most:
+# one busy server must not starve the rest of the loop.
+_BATCH = 64
 
 
 def _resolve(host: str, port: int, kind: int, passive: bool = False) -> list[tuple]:
-    """getaddrinfo, numeric addresses without a resolver round trip."""
+    """getaddrinfo, numeric addresses without a resolver round trip.
+
+    ``port`` is a number or a service name.  A plain IPv4 or IPv6 address
+    with a number is taken as it is (getaddrinfo costs microseconds even
+    then, and a scan connects thousands of times).  Raises ValueError for a
+    number out of range (getaddrinfo would wrap 70000 round to 4464).
+    """
+    if isinstance(port, int):
+        _check_port(port)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host)
+            except (OSError, TypeError):
+                continue
+            addr = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+            return [(family, kind, 0, "", addr)]
     flags = socket.AI_PASSIVE if passive else 0
     try:
         return socket.getaddrinfo(host, port, 0, kind, 0, flags | socket.AI_NUMERICHOST)
@@ -52,6 +69,11 @@ def _resolve(host: str, port: int, kind: int, passive: bool = False) -> list[tup
         return socket.getaddrinfo(host, port, 0, kind, 0, flags)
     except socket.gaierror as exc:
         raise OSError(exc.errno, f"can't resolve {host!r}: {exc.strerror}") from None
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad port {port}: must be from 0 to 65535")
 
 
 def open_async(host: str, port: int, loop: Loop | None = None) -> Channel:
@@ -116,7 +138,9 @@ class Server:
 
     def _accept(self) -> None:
         """Accept what is pending; on a full descriptor table, pause."""
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(_BATCH):
+            if self.sock.fileno() < 0:
+                return                      # a callback closed the server
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -134,12 +158,16 @@ class Server:
                 host, port = _address(addr)
             else:
                 host, port = self.path, 0
-            try:
-                self._callback(ch, host, port)
-            except Exception as exc:
-                # One bad connection must not stop the server: report it, and
-                # keep the fileevent (a raising handler would be deleted).
-                self._loop._report(exc)
+            self._call(ch, host, port)
+
+    def _call(self, *args: Any) -> None:
+        """Run the user's callback.  One bad connection or datagram must not
+        stop the server: an exception is reported, and the server's own
+        handler, which would be deleted if it raised, stays."""
+        try:
+            self._callback(*args)
+        except Exception as exc:
+            self._loop._report(exc)
 
     def _pause(self) -> None:
         # Out of descriptors: the pending connection stays in the backlog and
@@ -154,23 +182,32 @@ class Server:
             self._loop.fileevent(self.sock, "readable", self._accept)
 
     def _receive(self) -> None:
-        """Datagram servers with a callback: ``callback(data, host, port)``."""
-        try:
-            data, addr = self.sock.recvfrom(65535)
-        except (BlockingIOError, InterruptedError):
-            return
-        if self.path is not None or not addr:
-            host, port = (addr or ""), 0
-        else:
-            host, port = _address(addr)
-        self._callback(data, host, port)
+        """Datagram servers with a callback: ``callback(data, host, port)``
+        for each datagram waiting."""
+        for _ in range(_BATCH):
+            if self.sock.fileno() < 0:
+                return                      # a callback closed the server
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._loop._report(exc)
+                return
+            if self.path is not None or not addr:
+                host, port = (addr or ""), 0
+            else:
+                host, port = _address(addr)
+            self._call(data, host, port)
 
     def close(self) -> None:
         """Stop listening (a Unix socket's path is removed)."""
         if self.sock.fileno() < 0:
             return
         self._loop.after_cancel(self._paused)
-        self._loop.fileevent(self.sock, "readable", None)
+        # Unregister first, then close; a dgram server's socket may carry the
+        # caller's writable handler too.
+        self._loop._forget(self.sock.fileno())
         self.sock.close()
         if self.path:
             try:
@@ -201,6 +238,9 @@ def server(callback: Callable[..., Any] | None, port: int, host: str = "",
         sock = _unix_socket(host, socktype)
         return Server(sock, callback, loop, path=host)
     if host == "":
+        if not isinstance(port, int):
+            raise TypeError(f"a dual-stack server needs a port number, not {port!r}")
+        _check_port(port)
         sock = _dual_stack_socket(port, socktype)
     else:
         family, _, proto, _, addr = _resolve(host, port, socktype, passive=True)[0]

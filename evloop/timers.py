@@ -1,139 +1,168 @@
-"""Timers and idle callbacks: the `after` half of the event loop.
+"""Timers and idle callbacks: the ``after`` half of the event loop.
 
 Design of time
 --------------
-Every timer has a deadline on a monotonic clock (``time.monotonic`` unless
-the loop was given another clock, as tests do).  Pending timers live in a
-binary heap of ``(deadline, sequence, TimerId)`` tuples.  The sequence number
-is unique and increasing, so two timers with the same deadline fire in the
-order they were created (Tcl's rule), and tuple comparison never reaches the
-``TimerId`` itself -- it all happens in C.
+``after`` and ``after_idle`` return a `TimerId`: a plain number, unique in
+the process and increasing (Tcl's ``after#N``).  The loop keeps every
+pending one in a dict from number to entry, so "is this a pending id of
+this loop?" is one lookup: ``after_cancel`` of anything else does nothing,
+and ``after_info`` lists the dict.
 
-Cancelling does not search the heap.  ``cancel`` marks the ``TimerId`` dead
-and counts it; dead entries are dropped when they reach the top of the heap,
-and when they outnumber the live ones the heap is rebuilt without them.  So
-scheduling and cancelling a timer each cost O(log n), and a program that
-cancels nearly every timer it makes (a timeout per request) keeps a heap the
-size of what is really pending.
+An entry is a small list ``[deadline, number, callback, args]``.  Timer
+entries also live in a binary heap (``heapq``), as in the priority-queue
+recipe of the ``heapq`` documentation: lists compare in C, element by
+element, and the unique number makes two timers with the same deadline fire
+in the order they were made (Tcl's rule) before the comparison could reach
+the callback.  Deadlines are on a monotonic clock (``time.monotonic``
+unless the loop was given another clock, as tests do).
 
-Idle callbacks (``after idle``) are a FIFO queue served in *generations*: a
-pass of the loop runs the callbacks that were queued when it started; any
-queued while they run wait for the next pass, as in Tcl's ``TclServiceIdle``.
+Cancelling does not search the heap: it sets the entry's callback to None
+and leaves it there, until it reaches the top, or until a pass of the loop,
+looking for the next deadline, finds that cancels since the last sweep
+outnumber half the heap and rebuilds it without dead entries (as Tornado
+and asyncio do).  Scheduling costs O(log n), cancelling O(1), and a program that
+cancels nearly every timer it makes (a timeout per request) keeps a heap
+about the size of what is really pending.
+
+A pass of the loop runs the timers that were due when it began, and no
+others: it takes a fresh number as a boundary and pops only entries older
+than it.  So a timer that schedules ``after 0`` waits for the next pass
+instead of starving file events, yet nothing is copied into a batch first:
+a ``vwait`` nested in a timer callback runs the remaining due timers itself,
+and an exception that escapes the loop (KeyboardInterrupt) leaves them on
+the heap.
+
+Idle callbacks (``after idle``) are a FIFO queue served in *generations*
+the same way: a round runs the callbacks queued before it began; those
+queued while it runs wait for the next round, as in Tcl's
+``TclServiceIdle``.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
+from heapq import heapify, heappop, heappush
 from typing import Any, Callable
 
 __all__ = ["TimerId"]
 
-# Rebuild the heap when dead entries are this many and more than half of it.
+TimerId = int
+"""What ``after`` and ``after_idle`` return: the N of Tcl's ``after#N``."""
+
+# A pass sweeps the heap when more than this many cancels, and more than
+# half of it, have piled up since the last sweep.
 _SWEEP_MIN = 256
 
-
-class TimerId:
-    """The handle ``after`` and ``after_idle`` return: Tcl's ``after#N``.
-
-    ``after_cancel`` takes it.  ``when`` is the deadline on the loop's clock
-    (``None`` for an idle callback); ``pending`` is true until the callback
-    runs or is cancelled.
-    """
-
-    __slots__ = ("number", "when", "callback", "args", "pending")
-
-    def __init__(self, number: int, when: float | None,
-                 callback: Callable[..., Any], args: tuple) -> None:
-        self.number = number
-        self.when = when
-        self.callback = callback
-        self.args = args
-        self.pending = True
-
-    def __repr__(self) -> str:
-        kind = "idle" if self.when is None else "timer"
-        state = "pending" if self.pending else "done"
-        return f"<TimerId after#{self.number} {kind} {state}>"
+# Numbers for TimerIds, unique in the process (so another loop's id is
+# never one of ours) and increasing (so they also mark generations).
+# next() on a count is atomic under the GIL.
+_numbers = itertools.count(1)
 
 
-class TimerQueue:
-    """Pending timers and idle callbacks of one loop (internal to `Loop`)."""
+class Timers:
+    """The timer half of `Loop`, which inherits it: ``after``,
+    ``after_idle``, ``after_cancel``, ``after_info``, and the steps of a
+    pass that run timers.  Needs ``self._clock`` and ``self._report`` (an
+    exception from a callback goes there)."""
 
     def __init__(self) -> None:
-        self.heap: list[tuple[float, int, TimerId]] = []
-        self.idle: deque[TimerId] = deque()
-        self._dead = 0            # cancelled entries still in the heap
-        self._numbers = itertools.count(1)
+        self._pending: dict[TimerId, list] = {}    # every pending entry, by number
+        self._heap: list[list] = []                # timer entries, dead ones too
+        self._idle: deque[list] = deque()          # idle entries, dead ones too
+        self._cancels = 0                          # cancels since the last sweep
 
-    def add(self, when: float, callback: Callable[..., Any], args: tuple) -> TimerId:
-        """Schedule ``callback(*args)`` at ``when``; returns its TimerId."""
-        n = next(self._numbers)
-        timer = TimerId(n, when, callback, args)
-        heapq.heappush(self.heap, (when, n, timer))
-        return timer
+    def after(self, ms: float, callback: Callable[..., Any], *args: Any) -> TimerId:
+        """Run ``callback(*args)`` once, ``ms`` milliseconds from now (at
+        once if ``ms`` <= 0); returns its TimerId.  Raises TypeError if
+        ``callback`` is not callable."""
+        if not callable(callback):
+            raise TypeError(f"after needs a callable, not {callback!r}")
+        when = self._clock()
+        if ms > 0:
+            when += ms / 1000
+        number = next(_numbers)
+        entry = self._pending[number] = [when, number, callback, args]
+        heappush(self._heap, entry)
+        return number
 
-    def add_idle(self, callback: Callable[..., Any], args: tuple) -> TimerId:
-        """Queue ``callback(*args)`` for the next idle round; returns its TimerId."""
-        timer = TimerId(next(self._numbers), None, callback, args)
-        self.idle.append(timer)
-        return timer
+    def after_idle(self, callback: Callable[..., Any], *args: Any) -> TimerId:
+        """Run ``callback(*args)`` when the loop has nothing else to do;
+        returns its TimerId.  Raises TypeError if it is not callable."""
+        if not callable(callback):
+            raise TypeError(f"after_idle needs a callable, not {callback!r}")
+        number = next(_numbers)
+        entry = self._pending[number] = [None, number, callback, args]
+        self._idle.append(entry)
+        return number
 
-    def cancel(self, timer: Any) -> None:
-        """Forget a pending timer or idle callback; anything else is a no-op."""
-        if not isinstance(timer, TimerId) or not timer.pending:
+    def after_cancel(self, timer: Any) -> None:
+        """Cancel a pending timer or idle callback of this loop; anything
+        else (a fired or cancelled id, another loop's, not an id) is a no-op."""
+        try:
+            entry = self._pending.pop(timer, None)
+        except TypeError:                      # unhashable: not an id
             return
-        timer.pending = False
-        timer.callback = timer.args = None     # drop references now
-        if timer.when is None:
-            return                             # skipped when its idle round comes
-        # (A timer already taken off the heap for running counts too; the
-        # clamp keeps that from making the count exceed the heap.)
-        self._dead = min(self._dead + 1, len(self.heap))
-        if self._dead > _SWEEP_MIN and self._dead * 2 > len(self.heap):
-            self.heap = [entry for entry in self.heap if entry[2].pending]
-            heapq.heapify(self.heap)
-            self._dead = 0
+        if entry is None:
+            return
+        entry[2] = entry[3] = None             # dead; drop the references now
+        if entry[0] is not None:               # (idle: skipped when its round comes)
+            self._cancels += 1
 
-    def next_deadline(self) -> float | None:
-        """The earliest live deadline, or None; pops dead entries on the way."""
-        heap = self.heap
-        while heap:
-            entry = heap[0]
-            if entry[2].pending:
-                return entry[0]
-            heapq.heappop(heap)
-            self._dead -= 1
-        return None
+    def after_info(self, timer: TimerId | None = None) -> Any:
+        """The TimerIds still pending, timers and idle callbacks, oldest
+        first; or, given one of them, ``(callback, args, "timer" or
+        "idle")`` (Tcl's ``after info id``).  Raises ValueError for an id
+        that is not pending."""
+        if timer is None:
+            return list(self._pending)
+        entry = self._pending.get(timer) if isinstance(timer, int) else None
+        if entry is None:
+            raise ValueError(f"after#{timer} is not a pending timer or idle callback")
+        return entry[2], entry[3], "idle" if entry[0] is None else "timer"
 
-    def pop_due(self, now: float) -> list[TimerId]:
-        """Remove and return the live timers whose deadline is at or before ``now``.
+    def _next_deadline(self) -> float | None:
+        """The earliest live deadline, or None.  Sweeps the heap if dead
+        entries have piled up, else drops those on top."""
+        heap = self._heap
+        if self._cancels > _SWEEP_MIN and 2 * self._cancels > len(heap):
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapify(heap)
+            self._cancels = 0
+        while heap and heap[0][2] is None:
+            heappop(heap)
+        return heap[0][0] if heap else None
 
-        All due timers are collected before any runs, so a callback that
-        schedules ``after 0`` does not starve the rest of the loop.
-        """
-        heap = self.heap
-        due = []
-        pop = heapq.heappop
-        while heap and heap[0][0] <= now:
-            timer = pop(heap)[2]
-            if timer.pending:
-                due.append(timer)
-            else:
-                self._dead -= 1
-        return due
+    def _run_timers(self) -> int:
+        """Run the timers that are due and were made before this call;
+        returns how many ran."""
+        heap = self._heap
+        now = self._clock()
+        boundary = next(_numbers)
+        ran = 0
+        while heap and heap[0][0] <= now and heap[0][1] < boundary:
+            ran += self._fire(heappop(heap))
+        return ran
 
-    def take_idle(self) -> list[TimerId]:
-        """Take this generation of idle callbacks (later ones wait a round)."""
-        batch = list(self.idle)
-        self.idle.clear()
-        return batch
+    def _run_idle(self) -> int:
+        """Run one generation of idle callbacks; returns how many ran."""
+        idle = self._idle
+        boundary = next(_numbers)
+        ran = 0
+        while idle and idle[0][1] < boundary:
+            ran += self._fire(idle.popleft())
+        return ran
 
-    def pending(self) -> list[TimerId]:
-        """Every pending TimerId, soonest first, then the idle ones in order."""
-        live = sorted(entry for entry in self.heap if entry[2].pending)
-        return [entry[2] for entry in live] + [t for t in self.idle if t.pending]
-
-    def __bool__(self) -> bool:
-        return bool(self.heap) or bool(self.idle)
+    def _fire(self, entry: list) -> int:
+        """Run an entry taken off its queue, unless it is dead; 1 if it ran."""
+        callback, args = entry[2], entry[3]
+        if callback is None:
+            return 0
+        # No longer pending before it runs: a cancel from inside is a no-op.
+        del self._pending[entry[1]]
+        entry[2] = entry[3] = None
+        try:
+            callback(*args)
+        except Exception as exc:
+            self._report(exc)
+        return 1

@@ -10,6 +10,7 @@ import hashlib
 import select
 import socket
 import struct
+import subprocess
 import threading
 
 import pytest
@@ -255,8 +256,6 @@ def test_read_on_a_utf8_character_split_between_sends(loop, chpair):
     wait_for(loop, lambda: text.append(ch.read()) or "".join(text) == "ab\u20ac!")
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: a partial UTF-8 character left in "
-                   "the buffer by read() keeps the channel 'readable' (busy loop)")
 def test_readable_handler_using_read_is_not_called_again_for_half_a_character(loop, chpair):
     ch, peer = chpair
     calls, text = [], []
@@ -277,8 +276,6 @@ def test_readable_handler_using_read_is_not_called_again_for_half_a_character(lo
     wait_for(loop, lambda: "".join(text) == "caf\u00e9")
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: read(n) puts translated bytes back "
-                   "in the raw buffer; a lone \\r at the cut loses its line end")
 def test_read_n_across_a_lone_cr_keeps_the_line_end(loop, chpair):
     ch, peer = chpair
     peer.sendall(b"x\r")
@@ -290,6 +287,98 @@ def test_read_n_across_a_lone_cr_keeps_the_line_end(loop, chpair):
     wait_for(loop, lambda: text.append(ch.read()) or "y" in "".join(text))
 
     assert "".join(text) == "\ny"          # the \r was a line end
+
+
+def test_read_n_cut_inside_a_crlf_pair_hands_out_one_line_end(loop, chpair):
+    ch, peer = chpair
+    peer.sendall(b"a\r\nb\r\nc")
+    _arrived(ch)
+
+    assert ch.read(1) == "a"
+    assert ch.read(1) == "\n"
+    assert ch.read(3) == "b\nc"
+    assert ch.read() == ""
+
+
+def test_gets_after_read_n_sees_the_line_end_at_the_cut(loop, chpair):
+    ch, peer = chpair
+    peer.sendall(b"x\ry\n")
+    _arrived(ch)
+
+    assert ch.read(1) == "x"
+    assert ch.gets() == ""                 # the lone \r ended a line
+    assert ch.gets() == "y"
+
+
+def test_blocking_read_n_counts_translated_characters(loop, chpair):
+    ch, peer = chpair
+    ch.configure(blocking=True)
+    peer.sendall(b"a\r\nb\r")              # 5 bytes, but 4 characters
+    later = threading.Timer(0.2, peer.sendall, (b"\nc",))
+    later.start()
+
+    assert ch.read(5) == "a\nb\nc"
+    later.join()
+
+
+# Input translation as tclsh 8.6 does it: `gets` and `read` of the same bytes
+# under each mode (the Tcl side reads them from a pipe written in binary).
+_TCL_INPUT = b"a\nb\r\nc\rd\r\n\r\re\r"
+_TCL_GETS = r"""
+lassign [chan pipe] r w
+fconfigure $w -translation binary -buffering none
+fconfigure $r -translation [lindex $argv 0] -encoding utf-8
+puts -nonewline $w [binary decode hex [lindex $argv 1]]
+close $w
+if {[lindex $argv 2] eq "gets"} {
+    while {[gets $r line] >= 0} { puts x[binary encode hex [encoding convertto utf-8 $line]] }
+} else {
+    puts x[binary encode hex [encoding convertto utf-8 [read $r]]]
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "lf", "cr", "crlf"])
+@pytest.mark.parametrize("request_", ["gets", "read"])
+def test_input_translation_matches_tclsh(loop, chpair, tclsh, tmp_path, mode, request_):
+    script = tmp_path / "translate.tcl"
+    script.write_text(_TCL_GETS)
+    out = subprocess.run([tclsh, str(script), mode, _TCL_INPUT.hex(), request_],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    expected = [bytes.fromhex(h[1:]).decode() for h in out.split()]   # x<hex>
+    if request_ == "read":
+        expected = ["".join(expected)]
+
+    ch, peer = chpair
+    ch.configure(translation=(mode, "lf"))
+    for byte in _TCL_INPUT:                # one segment per byte: every cut
+        peer.sendall(bytes([byte]))
+        _arrived(ch)
+        ch._fill()
+    peer.close()
+    got = []
+    if request_ == "gets":
+        while (line := ch.gets()) is not None:
+            got.append(line)
+    else:
+        got.append(ch.read())
+        while not ch.eof():
+            got[0] += ch.read()
+
+    assert got == expected
+
+
+def test_crlf_translation_holds_back_a_trailing_cr_until_the_next_byte(loop, chpair):
+    ch, peer = chpair
+    ch.configure(translation="crlf")
+    peer.sendall(b"a\r")
+    _arrived(ch)
+    assert ch.read() == "a"
+
+    peer.sendall(b"\nb")
+    text = []
+    wait_for(loop, lambda: text.append(ch.read()) or "b" in "".join(text))
+    assert "".join(text) == "\nb"
 
 
 def test_read_zero_returns_nothing_and_keeps_the_data(loop, chpair):
@@ -330,6 +419,8 @@ def test_binary_channel_refuses_str_and_text_channel_refuses_bytes(loop, chpair)
     ch.configure(encoding="binary")
     with pytest.raises(TypeError):
         ch.puts("text on a binary channel")
+    with pytest.raises(TypeError):
+        ch.puts(5)                         # bytes(5) would be five NULs
 
 
 def test_binary_translation_passes_cr_through(loop, chpair):
@@ -512,8 +603,6 @@ def test_close_force_discards_queued_output(loop, chpair):
     assert received < total
 
 
-@pytest.mark.xfail(strict=True, reason="evloop: close(force=True) on a channel already "
-                   "closing (draining) is ignored, so its output can't be abandoned")
 def test_close_force_after_close_abandons_the_drain(loop, chpair):
     ch, peer = chpair
     for line in _payload(4):
@@ -708,6 +797,11 @@ def test_configure_returns_the_whole_configuration(loop, chpair):
     {"buffering": "always"},
     {"buffersize": 0},
     {"translation": "unix"},
+    {"translation": ("auto",)},
+    {"translation": 5},
+    {"buffering": "full", "translation": "unix"},     # the good one is not applied
+    {"encoding": "utf-16"},                           # line ends are not ASCII bytes
+    {"encoding": "utf-32"},
 ])
 def test_configure_rejects_unknown_options_and_values(loop, chpair, options):
     ch, _ = chpair
@@ -715,6 +809,23 @@ def test_configure_rejects_unknown_options_and_values(loop, chpair, options):
     with pytest.raises(ValueError):
         ch.configure(**options)
     assert ch.configure() == before
+
+
+def test_switching_to_blocking_sends_the_queued_output_first(loop, chpair):
+    ch, peer = chpair
+    ch.configure(encoding="binary", buffering="full")
+    payload = bytes(range(256)) * 8192     # 2 MB: more than a socketpair holds
+    ch.puts(payload, newline=False)
+    ch.flush()                             # partly sent, the rest queued
+    reader = threading.Thread(target=lambda: got.append(_recv_exactly(peer, len(payload))))
+    got: list = []
+    reader.start()
+
+    ch.configure(blocking=True)            # returns once all of it is sent
+    reader.join(5)
+
+    assert got == [payload]
+    assert loop.fileevent(ch, "writable") is None and loop.run_once(0) == 0
 
 
 def test_configure_rejects_an_unknown_encoding(loop, chpair):

@@ -389,8 +389,6 @@ def test_a_descriptor_closed_and_reused_in_the_same_pass_drops_the_stale_event(l
             s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: Loop._watch_output reuses the stale "
-                   "watch of a socket closed without removing its handler")
 def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on_its_fd(loop):
     # The user closes a raw socket without removing its handler first (the
     # loop cannot see that).  A Channel that gets the same descriptor number
@@ -428,6 +426,32 @@ def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on
         peer.close()
 
 
+def test_a_descriptor_number_reused_after_its_socket_was_closed_has_no_handler(loop):
+    # Registered through the socket object, closed without removing the
+    # handler; the same number, now another socket, is then named as an int.
+    a, b = socket.socketpair()
+    old_calls = []
+    loop.fileevent(a, "readable", old_calls.append, "old")
+    fd = a.fileno()
+    a.close()
+    b.close()
+    s1, s2 = socket.socketpair()
+    new, peer = (s1, s2) if s1.fileno() == fd else (s2, s1)
+    try:
+        assert new.fileno() == fd
+        assert loop.fileevent(fd, "readable") is None
+
+        got = evloop.Var()
+        loop.fileevent(fd, "readable", lambda: got.set(new.recv(10)))
+        peer.send(b"new")
+        assert loop.vwait(got) == b"new"
+        assert old_calls == []
+    finally:
+        loop.fileevent(fd, "readable", None)
+        new.close()
+        peer.close()
+
+
 def test_fileevent_on_a_closed_channel_is_refused(loop, pair):
     a, _ = pair
     ch = evloop.Channel(a, loop)
@@ -436,6 +460,67 @@ def test_fileevent_on_a_closed_channel_is_refused(loop, pair):
     with pytest.raises(ValueError):
         loop.fileevent(ch, "readable", lambda: None)
     assert loop.fileevent(ch, "readable") is None
+
+
+def test_fileevent_on_a_closing_channel_is_refused(loop, pair):
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ch = evloop.Channel(a, loop)
+    ch.configure(encoding="binary")
+    ch.puts(b"x" * (1 << 20))              # more than the socket takes
+    ch.close()                             # draining in the background
+    assert ch.closed() and ch.fileno() >= 0
+
+    with pytest.raises(ValueError):
+        loop.fileevent(ch, "readable", lambda: None)
+    assert loop.fileevent(ch, "readable") is None
+    ch.close(force=True)
+
+
+def test_fileevent_on_a_regular_file_raises_and_registers_nothing(loop, tmp_path):
+    with open(tmp_path / "plain.txt", "w") as f:
+        with pytest.raises(OSError):       # epoll refuses regular files
+            loop.fileevent(f, "readable", lambda: None)
+        assert loop.fileevent(f, "readable") is None
+        assert loop.run_once(0) == 0
+
+
+def test_fileevent_with_a_handler_that_is_not_callable_changes_nothing(loop, pair):
+    a, _ = pair
+    calls = []
+    loop.fileevent(a, "readable", calls.append, "kept")
+
+    with pytest.raises(TypeError):
+        loop.fileevent(a, "readable", "not callable")
+    assert loop.fileevent(a, "readable") == calls.append
+
+
+def test_keyboard_interrupt_in_a_buffered_input_handler_loses_no_other_channel(loop):
+    pairs = [socket.socketpair() for _ in range(2)]
+    channels = [evloop.Channel(a, loop) for a, _ in pairs]
+    got = []
+
+    def handler(ch, name):
+        line = ch.gets()
+        if line == "stop":
+            raise KeyboardInterrupt
+        if line is not None:
+            got.append((name, line))
+
+    try:
+        for (_, peer), ch, name in zip(pairs, channels, "ab"):
+            peer.sendall(b"first\n" + (b"stop\n" if name == "a" else b"") + b"second\n")
+            assert ch.gets() == "first"    # the rest stays buffered
+            loop.fileevent(ch, "readable", handler, ch, name)
+        with pytest.raises(KeyboardInterrupt):
+            loop.update()
+
+        loop.update()
+        assert ("b", "second") in got and ("a", "second") in got
+    finally:
+        for (a, b), ch in zip(pairs, channels):
+            ch.close(force=True)
+            b.close()
 
 
 # ------------------------------------------------------------- Var and vwait
@@ -704,6 +789,12 @@ def test_many_threadsafe_calls_all_run_in_order(loop):
     t.join()
 
     assert log == list(range(5000))
+
+
+def test_call_soon_threadsafe_refuses_what_is_not_callable(loop):
+    with pytest.raises(TypeError):
+        loop.call_soon_threadsafe("not callable")
+    assert loop.run_once(0) == 0          # nothing queued, no wakeup sent
 
 
 def test_threadsafe_callback_that_raises_goes_to_bgerror(loop):

@@ -201,6 +201,37 @@ def test_open_async_raises_when_no_descriptor_is_left():
 
 # -------------------------------------------------------------------- open
 
+def test_open_async_to_a_short_numeric_form_resolves_it(loop, listener):
+    sock, port = listener
+    ch = evloop.open_async("127.1", port)        # getaddrinfo's job, not inet_pton's
+    try:
+        _writable(loop, ch)
+        assert ch.error() is None
+        assert ch.peername() == ("127.0.0.1", port)
+    finally:
+        ch.close()
+
+
+def test_open_async_takes_the_port_as_a_string_too(loop, listener):
+    sock, port = listener
+    ch = evloop.open_async("127.0.0.1", str(port))
+    try:
+        _writable(loop, ch)
+        assert ch.error() is None
+    finally:
+        ch.close()
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 70000, 80.0, "no-such-service"])
+def test_open_async_and_server_refuse_a_bad_port(loop, port):
+    with pytest.raises(OSError if isinstance(port, str) else (ValueError, OSError)):
+        evloop.open_async("127.0.0.1", port)
+    with pytest.raises(OSError if isinstance(port, str) else (ValueError, OSError)):
+        evloop.server(lambda *a: None, port, "127.0.0.1")
+    with pytest.raises((ValueError, TypeError)):
+        evloop.server(lambda *a: None, port)          # dual stack
+
+
 def test_open_connects_and_returns_a_blocking_channel(loop, listener):
     sock, port = listener
     ch = evloop.open("127.0.0.1", port, timeout=5)
@@ -344,6 +375,39 @@ def test_server_callback_that_raises_does_not_stop_the_server(loop, accepted):
         srv.close()
 
 
+def test_server_closed_by_its_callback_stops_accepting_quietly(loop):
+    errors, calls = [], []
+    loop.bgerror(errors.append)
+
+    def callback(ch, host, port):
+        calls.append(port)
+        ch.close()
+        srv.close()
+
+    srv = evloop.server(callback, 0, "127.0.0.1")
+    clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    try:
+        wait_for(loop, lambda: calls)
+        loop.update()
+
+        assert len(calls) == 1 and errors == []
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_closing_a_dgram_server_removes_every_handler_of_its_socket(loop):
+    srv = evloop.server(None, 0, "127.0.0.1", kind="dgram")
+    fd = srv.fileno()
+    loop.fileevent(srv.sock, "readable", lambda: None)
+    loop.fileevent(srv.sock, "writable", lambda: None)
+
+    srv.close()
+
+    assert srv.fileno() == -1
+    assert fd not in loop._watches         # nothing left for a reused number
+
+
 def test_server_and_open_async_talk_line_by_line(loop):
     def accept(ch, host, port):
         def echo():
@@ -481,8 +545,6 @@ def test_dual_stack_udp_server_reports_v4_senders_as_plain_ipv4(loop):
         srv.close()
 
 
-@pytest.mark.xfail(strict=True, reason="evloop bug: an exception in a dgram server "
-                   "callback deletes the server's readable handler")
 def test_udp_server_callback_that_raises_does_not_stop_the_server(loop):
     errors, got = [], []
     loop.bgerror(errors.append)
@@ -519,6 +581,23 @@ def test_unix_datagram_server(loop, tmp_path):
         sender.close()
         srv.close()
     assert not os.path.exists(path)
+
+
+def test_unix_datagram_server_replaces_a_stale_socket_file_but_not_a_live_one(loop, tmp_path):
+    stale, live = str(tmp_path / "stale.sock"), str(tmp_path / "live.sock")
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    old.bind(stale)
+    old.close()                                   # left behind by a crash
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    owner.bind(live)
+    try:
+        srv = evloop.server(None, 0, stale, kind="dgram")
+        srv.close()
+        with pytest.raises(OSError):
+            evloop.server(None, 0, live, kind="dgram")
+        assert os.path.exists(live)
+    finally:
+        owner.close()
 
 
 def test_server_rejects_a_bad_kind_and_a_stream_server_without_callback(loop):
