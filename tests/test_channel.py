@@ -235,6 +235,7 @@ def test_read_translates_line_ends(loop, chpair):
     peer.sendall(b"a\r\nb\rc\n")
     got = []
     wait_for(loop, lambda: got.append(ch.read()) or "".join(got) == "a\nb\nc\n")
+    assert "".join(got) == "a\nb\nc\n" and ch.read() == ""
 
 
 def test_read_returns_what_is_buffered_after_a_gets(loop, chpair):
@@ -254,6 +255,7 @@ def test_read_on_a_utf8_character_split_between_sends(loop, chpair):
     peer.sendall("ab\u20ac".encode()[-1:] + b"!")
 
     wait_for(loop, lambda: text.append(ch.read()) or "".join(text) == "ab\u20ac!")
+    assert "\ufffd" not in "".join(text)              # the split never showed
 
 
 def test_readable_handler_using_read_is_not_called_again_for_half_a_character(loop, chpair):

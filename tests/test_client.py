@@ -157,6 +157,7 @@ def test_allocator_can_allocate_again_after_release(portmgr):
 def test_context_manager_releases(portmgr):
     with PortAllocator("localhost", portmgr.port) as pa:
         port = pa.allocate_port("scoped")
+        assert port in listed_ports(portmgr)
     eventually(lambda: port not in listed_ports(portmgr))
 
 

@@ -364,6 +364,7 @@ def test_port_is_freed_when_the_client_resets(portmgr) -> None:
     peer = Peer(portmgr.port)
     port = peer.gimme("app")
     peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    assert port in held_ports(portmgr)
     peer.close()                                 # RST, not FIN
     wait_released(portmgr, port)
     no_stderr(portmgr)
