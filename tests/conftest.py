@@ -15,8 +15,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shared/ folder (testnet and the design documents) sits beside the
-# clone: ../shared from the repository root.  TESTNET_DIR overrides it.
-TESTNET_DIR = Path(os.environ.get("TESTNET_DIR", ROOT.parent / "shared" / "testnet"))
+# clone: ../shared from the repository root, or beside a folder above it;
+# /work/shared where the clone was made elsewhere (CI clones into a fresh
+# directory).  TESTNET_DIR overrides them.
+def _find_testnet() -> Path:
+    if "TESTNET_DIR" in os.environ:
+        return Path(os.environ["TESTNET_DIR"])
+    for place in (*ROOT.parents, Path("/work")):
+        if (place / "shared" / "testnet" / "testnet.py").exists():
+            return place / "shared" / "testnet"
+    return ROOT.parent / "shared" / "testnet"
+
+
+TESTNET_DIR = _find_testnet()
 
 import evloop  # noqa: E402
 
