@@ -511,9 +511,12 @@ def get_loop() -> Loop:
     return loop
 
 
-def set_loop(loop: Loop | None) -> None:
-    """Make ``loop`` the calling thread's default (None: forget it)."""
+def set_loop(loop: Loop | None) -> Loop | None:
+    """Make ``loop`` the calling thread's default (None: forget it); returns
+    the previous default (None if there was none), to put back later."""
+    previous = getattr(_local, "loop", None)
     _local.loop = loop
+    return previous
 
 
 # channel.py needs get_loop from here, so it is imported last.

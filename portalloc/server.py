@@ -624,8 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    (args.pidfile, pid_path, DEFAULT_PIDFILE)):
         if given is None and chosen != default:
             log.warning("%s can't be written: using %s", os.path.dirname(default), chosen)
-    previous_loop = getattr(evloop.loop._local, "loop", None)
-    evloop.set_loop(loop)
+    previous_loop = evloop.set_loop(loop)
     try:
         return _serve(args, loop, usage_path, port_path, pid_path, prog)
     finally:

@@ -35,9 +35,8 @@ import evloop  # noqa: E402
 @pytest.fixture
 def loop():
     """A fresh Loop, made the thread's default for the test, closed after."""
-    previous = getattr(evloop.loop._local, "loop", None)
     lp = evloop.Loop()
-    evloop.set_loop(lp)
+    previous = evloop.set_loop(lp)
     yield lp
     evloop.set_loop(previous)
     lp.close()

@@ -852,6 +852,17 @@ def test_each_thread_has_its_own_default_loop(loop):
     other[0][0].close()
 
 
+
+def test_set_loop_returns_the_previous_default_to_put_back(loop):
+    other = evloop.Loop()
+    try:
+        assert evloop.set_loop(other) is loop
+        assert evloop.get_loop() is other
+        assert evloop.set_loop(loop) is other
+        assert evloop.get_loop() is loop
+    finally:
+        other.close()
+
 # ------------------------------------------------------------------ signals
 
 def _child(code: str) -> subprocess.Popen:
