@@ -8,11 +8,13 @@ pass does the same six things, in this order:
 1. Decide how long it may sleep: not at all if callbacks from other threads,
    buffered channel input or idle callbacks are waiting; otherwise until the
    nearest timer deadline (or for ever, or the caller's ``timeout``).
-2. Ask the selector (epoll on Linux) which descriptors are ready.  epoll
-   reports an error or a hang-up even when it was not asked to: the
-   selector passes it on as readable and writable, so the handler that is
-   set runs, and finds the error when it reads or writes (or asks
-   ``ch.error()``).
+2. Tell the selector what the handlers set or removed since the last
+   pass now want, one change per descriptor however many ``fileevent``
+   calls led to it (as Tcl's notifier and libuv do); then ask it (epoll on
+   Linux) which descriptors are ready.  epoll reports an error or a
+   hang-up even when it was not asked to: the selector passes it on as
+   readable and writable, so the handler that is set runs, and finds the
+   error when it reads or writes (or asks ``ch.error()``).
 3. Call the file-event handlers of the ready descriptors.  Each handler is
    looked up at the moment it is called, through the registration (the
    *watch*) that the event came with: a handler removed earlier in the same
@@ -56,6 +58,9 @@ __all__ = ["Loop", "Var", "get_loop", "set_loop"]
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _EVENTS = {"readable": _READ, "writable": _WRITE}
+# fileevent's handler argument when none is given: a query.  (A default
+# rather than ``*handler``, which would cost a tuple slice per call.)
+_QUERY: Any = object()
 
 
 class Var:
@@ -83,11 +88,13 @@ class Var:
 class _Watch:
     """The file events of one open descriptor: the selector's ``data``.
 
-    A new _Watch is made each time a descriptor goes from "no handlers" to
-    "some"; when the descriptor is forgotten the old one is made dead
-    (``fd = -1``, no handlers).  Events carry the _Watch they were
-    registered with, so an event that arrives for a forgotten descriptor
-    finds nothing to call.
+    A new _Watch is made, and registered at once, each time a descriptor
+    goes from "no handlers" to "some"; when the descriptor is forgotten the
+    old one is made dead (``fd = -1``, no handlers).  Events carry the
+    _Watch they were registered with, so an event that arrives for a
+    forgotten descriptor finds nothing to call.  ``mask`` is what the
+    selector was last told; it catches up with the handlers before the
+    next ``select()`` (see `Loop._apply_changes`).
     """
 
     __slots__ = ("fd", "owner", "channel", "reader", "reader_args",
@@ -101,7 +108,14 @@ class _Watch:
         self.reader_args: tuple = ()
         self.writer: Callable[..., Any] | None = None
         self.writer_args: tuple = ()
-        self.mask = 0               # what the selector is told to watch
+        self.mask = 0               # what the selector was last told to watch
+
+    def wanted(self) -> int:
+        """The events the handlers (and a background flush) need now."""
+        mask = _READ if self.reader is not None else 0
+        if self.writer is not None or (self.channel is not None and self.channel._outbuf):
+            mask |= _WRITE
+        return mask
 
 
 def _default_bgerror(exc: BaseException) -> None:
@@ -123,6 +137,7 @@ class Loop(Timers):
         self._selector = selectors.DefaultSelector()
         self._clock = clock or time.monotonic
         self._watches: dict[int, _Watch] = {}
+        self._changed: set[_Watch] = set()   # watches whose mask is out of date
         self._input_ready: dict[Channel, bool] = {}   # channels with unread input
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
@@ -137,7 +152,8 @@ class Loop(Timers):
 
     # ---------------------------------------------------------------- files
 
-    def fileevent(self, ch: Any, event: str, *handler: Any) -> Callable[..., Any] | None:
+    def fileevent(self, ch: Any, event: str, callback: Any = _QUERY,
+                  *args: Any) -> Callable[..., Any] | None:
         """Set, remove or query the handler for ``event`` on ``ch``.
 
         ``fileevent(ch, "readable", cb, *args)`` makes ``cb(*args)`` run
@@ -148,7 +164,11 @@ class Loop(Timers):
         is ``"readable"`` or ``"writable"``.  Raises ValueError for any other
         event name and for a closed channel or socket, TypeError for a
         handler that is not callable, and OSError if the selector refuses
-        the descriptor (a regular file, say); nothing is changed then.
+        the descriptor (a regular file, say); nothing is changed then.  (A
+        descriptor the loop already watches is told of changes before the
+        next poll; if the selector has lost it by then, closed behind the
+        loop's back, its handlers are dropped and the OSError goes to
+        bgerror.)
 
         Remove the handlers of a socket or descriptor before closing it
         yourself (``Channel.close`` does so).  The loop never lets a reused
@@ -166,27 +186,30 @@ class Loop(Timers):
         watch = self._watches.get(fd)
         if watch is not None and watch.owner is not ch:
             watch = self._watch_of(ch, fd)       # someone else's: stale?
-        if not handler:
+        if callback is _QUERY:
             if watch is None:
                 return None
             return watch.reader if bit == _READ else watch.writer
-        callback, args = handler[0], handler[1:]
         if callback is not None:
             if not callable(callback):
                 raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
             if fd < 0 or (channel is not None and channel._closed):
                 raise ValueError("fileevent on a closed channel")
-            if watch is None:
-                watch = self._watches[fd] = _Watch(fd, ch, channel)
         elif watch is None:
             return None                        # nothing to remove
+        new = watch is None
+        if new:
+            watch = _Watch(fd, ch, channel)
         if bit == _READ:
             watch.reader, watch.reader_args = callback, args
-            if callback is not None and channel is not None and channel._has_input():
-                self._input_ready[channel] = True
         else:
             watch.writer, watch.writer_args = callback, args
-        self._update_mask(watch)
+        if new:
+            self._register(watch)
+        else:
+            self._change(watch)
+        if bit == _READ and callback is not None and channel is not None and channel._has_input():
+            self._input_ready[channel] = True
         return None
 
     def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
@@ -209,42 +232,74 @@ class Loop(Timers):
         self._forget(fd)
         return None
 
-    def _update_mask(self, watch: _Watch) -> None:
-        """Tell the selector what ``watch`` now wants; drop it if nothing.
+    def _register(self, watch: _Watch) -> None:
+        """Register a new watch with the selector and keep it.
 
-        If the selector refuses, the watch is dropped and the OSError raised.
+        At once rather than before the next pass, so that a descriptor the
+        selector refuses (a regular file) raises OSError from `fileevent`,
+        with nothing kept.
         """
-        mask = 0
-        if watch.reader is not None:
-            mask |= _READ
-        if watch.writer is not None or (watch.channel is not None and watch.channel._outbuf):
-            mask |= _WRITE
-        if mask == watch.mask:
-            return
-        if mask == 0:
-            self._forget(watch.fd)
-            return
-        try:
-            if watch.mask == 0:
-                self._selector.register(watch.fd, mask, watch)
-            else:
-                self._selector.modify(watch.fd, mask, watch)
-        except OSError:
-            self._forget(watch.fd)
-            raise
+        mask = watch.wanted()
+        self._selector.register(watch.fd, mask, watch)
         watch.mask = mask
+        self._watches[watch.fd] = watch
+
+    def _change(self, watch: _Watch) -> None:
+        """Note that the handlers of a registered watch changed.
+
+        The selector hears of it once, before the next ``select()``, as in
+        Tcl's notifier and libuv: a handler that swaps its writable handler
+        for a readable one costs one ``modify`` rather than an unregister
+        and a register, and one that sets and removes costs nothing.  Until
+        then the selector may report an event that no handler wants any
+        more, and the pass finds nothing to call.
+
+        An integer is the exception: it can be closed and its number reused
+        before the next pass without the loop knowing (a socket or Channel
+        would be a different object), so a watch made for one and left
+        without handlers is dropped at once.
+        """
+        if (watch.reader is None and watch.writer is None
+                and isinstance(watch.owner, int)):
+            self._forget(watch.fd)
+        else:
+            self._changed.add(watch)
+
+    def _apply_changes(self) -> None:
+        """Tell the selector what the changed watches want now; a watch
+        that wants nothing is dropped.  A descriptor the selector no longer
+        knows (closed behind the loop's back, its handlers still set) is
+        dropped too, and the OSError reported."""
+        changed = self._changed
+        while changed:
+            watch = changed.pop()
+            if watch.fd < 0:
+                continue                         # forgotten since
+            mask = watch.wanted()
+            if mask == watch.mask:
+                continue
+            if mask == 0:
+                self._forget(watch.fd)
+                continue
+            try:
+                self._selector.modify(watch.fd, mask, watch)
+            except OSError as exc:
+                self._forget(watch.fd)
+                self._report(exc)
+                continue
+            watch.mask = mask
 
     def _forget(self, fd: int) -> None:
         """Remove every handler of ``fd``; call this *before* closing it."""
         watch = self._watches.pop(fd, None)
         if watch is None:
             return
-        if watch.mask:
-            # selectors swallows the OSError of an fd closed behind our back.
-            try:
-                self._selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
+        # selectors swallows the OSError of an fd closed behind our back
+        # (and a failed modify already unregistered it).
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
         if watch.channel is not None:
             self._input_ready.pop(watch.channel, None)
         # Dead: an event of this pass that still carries it calls nothing.
@@ -265,11 +320,10 @@ class Loop(Timers):
         """Watch ``channel`` for writability while its output buffer is not
         empty (the background flush); stop when it is."""
         watch = self._watch_of(channel, channel._fd)
-        if watch is None:
-            if not channel._outbuf:
-                return
-            watch = self._watches[channel._fd] = _Watch(channel._fd, channel, channel)
-        self._update_mask(watch)
+        if watch is not None:
+            self._change(watch)
+        elif channel._outbuf:
+            self._register(_Watch(channel._fd, channel, channel))
 
     def _note_input(self, channel: Channel) -> None:
         """A channel's buffer holds input: its readable handler is due."""
@@ -358,8 +412,11 @@ class Loop(Timers):
                 if timeout is None or wait < timeout:
                     timeout = wait
 
-        # 2. Poll.  (The epoll selector rounds the timeout up to a whole
+        # 2. Poll, once the selector knows of the handler changes since the
+        # last poll.  (The epoll selector rounds the timeout up to a whole
         # millisecond, so a 0.4 ms wait does not become a busy loop.)
+        if self._changed:
+            self._apply_changes()
         ran = 0
         for key, mask in self._selector.select(timeout):
             # 3. File events, through the watch each event came with.
@@ -404,7 +461,7 @@ class Loop(Timers):
                 watch.reader, watch.reader_args = None, ()
             else:
                 watch.writer, watch.writer_args = None, ()
-            self._update_mask(watch)
+            self._change(watch)
         self._report(exc)
 
     def _run_buffered_input(self) -> int:

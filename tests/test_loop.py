@@ -7,6 +7,7 @@ TCP); waiting is done with ``vwait`` / ``wait_for``, never with sleeps.
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -389,6 +390,18 @@ def test_a_descriptor_closed_and_reused_in_the_same_pass_drops_the_stale_event(l
             s.close()
 
 
+def _reuse_number(a: socket.socket, b: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """Close the pair (a, b) and return a new pair (new, peer) whose ``new``
+    has a's descriptor number (the lowest free number is always taken)."""
+    fd = a.fileno()
+    a.close()
+    b.close()
+    s1, s2 = socket.socketpair()
+    new, peer = (s1, s2) if s1.fileno() == fd else (s2, s1)
+    assert new.fileno() == fd
+    return new, peer
+
+
 def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on_its_fd(loop):
     # The user closes a raw socket without removing its handler first (the
     # loop cannot see that).  A Channel that gets the same descriptor number
@@ -397,12 +410,7 @@ def test_a_socket_closed_with_its_handler_set_does_not_stall_the_next_channel_on
     a, b = socket.socketpair()
     old_calls = []
     loop.fileevent(a, "readable", old_calls.append, "old")
-    fd = a.fileno()
-    a.close()
-    b.close()
-    s1, s2 = socket.socketpair()
-    new, peer = (s1, s2) if s1.fileno() == fd else (s2, s1)
-    assert new.fileno() == fd
+    new, peer = _reuse_number(a, b)
     ch = evloop.Channel(new, loop)
     try:
         payload = b"y" * (4 * 1024 * 1024)
@@ -433,12 +441,8 @@ def test_a_descriptor_number_reused_after_its_socket_was_closed_has_no_handler(l
     old_calls = []
     loop.fileevent(a, "readable", old_calls.append, "old")
     fd = a.fileno()
-    a.close()
-    b.close()
-    s1, s2 = socket.socketpair()
-    new, peer = (s1, s2) if s1.fileno() == fd else (s2, s1)
+    new, peer = _reuse_number(a, b)
     try:
-        assert new.fileno() == fd
         assert loop.fileevent(fd, "readable") is None
 
         got = evloop.Var()
@@ -450,6 +454,91 @@ def test_a_descriptor_number_reused_after_its_socket_was_closed_has_no_handler(l
         loop.fileevent(fd, "readable", None)
         new.close()
         peer.close()
+
+
+class _SelectorSpy:
+    """The loop's real selector, with a log of the changes it is asked for."""
+
+    def __init__(self, selector, fd: int) -> None:
+        self._selector, self._fd, self.log = selector, fd, []
+
+    def __getattr__(self, name):
+        return getattr(self._selector, name)
+
+    def register(self, fd, events, data=None):
+        if fd == self._fd:
+            self.log.append(("register", events))
+        return self._selector.register(fd, events, data)
+
+    def modify(self, fd, events, data=None):
+        if fd == self._fd:
+            self.log.append(("modify", events))
+        return self._selector.modify(fd, events, data)
+
+    def unregister(self, fd):
+        if fd == self._fd:
+            self.log.append(("unregister",))
+        return self._selector.unregister(fd)
+
+
+def test_swapping_writable_for_readable_in_a_handler_is_one_selector_change(loop, pair):
+    a, b = pair
+    spy = loop._selector = _SelectorSpy(loop._selector, a.fileno())
+    got = evloop.Var()
+
+    def connected():                       # the open_async pattern
+        loop.fileevent(a, "writable", None)
+        loop.fileevent(a, "readable", lambda: got.set(a.recv(10)))
+        b.send(b"reply")
+
+    loop.fileevent(a, "writable", connected)
+    assert loop.vwait(got) == b"reply"
+    loop.fileevent(a, "readable", None)
+    loop.update()
+
+    read, write = selectors.EVENT_READ, selectors.EVENT_WRITE
+    assert spy.log == [("register", write), ("modify", read), ("unregister",)]
+
+
+def test_a_number_whose_handler_was_removed_before_its_close_works_when_reused(loop):
+    # The right order for a number: remove the handler, then close.  The
+    # number, reused at once, must get its new handler's events although
+    # no pass ran in between.
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    loop.fileevent(fd, "readable", lambda: None)
+    loop.fileevent(fd, "readable", None)
+    new, peer = _reuse_number(a, b)
+    try:
+        got = []
+        loop.fileevent(fd, "readable", lambda: got.append(new.recv(10)))
+        peer.send(b"new")
+
+        wait_for(loop, lambda: got, timeout=2)
+        assert got == [b"new"]
+    finally:
+        loop.fileevent(fd, "readable", None)
+        new.close()
+        peer.close()
+
+
+def test_a_change_to_a_socket_then_closed_behind_the_loops_back_is_dropped_and_reported(loop):
+    errors = []
+    loop.bgerror(errors.append)
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    calls = []
+    loop.fileevent(a, "readable", calls.append, "r")
+    loop.fileevent(a, "writable", calls.append, "w")   # told at the next pass
+    a.close()                                          # the handlers still set
+    b.close()
+
+    loop.update()
+
+    assert calls == []
+    assert len(errors) == 1 and isinstance(errors[0], OSError)
+    assert loop.fileevent(fd, "readable") is None
+    assert loop.run_once(0) == 0
 
 
 def test_fileevent_on_a_closed_channel_is_refused(loop, pair):
