@@ -30,6 +30,8 @@ count, or the handler would be called again and again for it.
 Output.  ``puts`` encodes and appends to the output buffer, which is sent
 according to the buffering mode: ``line`` (the default: at each newline),
 ``full`` (when ``buffersize`` bytes are queued, or on ``flush``) or ``none``.
+(When nothing is queued, what is due is sent straight from the new text,
+and only what the socket does not take is queued.)
 A blocking channel sends it all before returning.  A non-blocking channel
 sends what the socket takes and keeps the rest; the loop then watches the
 socket for writability and sends more each time (Tcl's background flush),
@@ -167,18 +169,20 @@ class Channel:
                 break
             start, size = self._line_end(buf)
         if start >= 0:
-            line: bytes | None = bytes(buf[:start])
+            line: bytearray | None = buf[:start]
             self._consume(start + size)
         elif self._eof and buf:
-            line = bytes(buf)                  # last line, unterminated
+            line = buf[:]                      # last line, unterminated
             buf.clear()
         else:
             line = None
         self._blocked = line is None and not self._eof
         if buf and not self._blocked:          # see _has_input
             self._loop._note_input(self)
-        if line is None or self._encoding == "binary":
-            return line
+        if line is None:
+            return None
+        if self._encoding == "binary":
+            return bytes(line)
         return line.decode(self._encoding, "replace")
 
     def read(self, n: int | None = None) -> str | bytes:
@@ -267,6 +271,11 @@ class Channel:
         under ``cr`` a \n is data, under ``crlf`` a lone \r or \n is."""
         mode = self._in_mode
         if mode == "auto":
+            if 13 not in buf:
+                # No \r anywhere (the usual case): one search.  (``in`` is a
+                # bare memchr; find() parses its arguments first and costs
+                # several times more.)
+                return buf.find(b"\n"), 1
             nl = buf.find(b"\n")
             cr = buf.find(b"\r", 0, nl if nl >= 0 else len(buf))
             if cr < 0:
@@ -363,11 +372,21 @@ class Channel:
         eol = _OUT_MODES[self._out_mode]
         if eol != b"\n" and has_newline:
             data = data.replace(b"\n", eol)
-        self._outbuf += data
         mode = self._buffering
-        if (mode == "none" or (mode == "line" and has_newline)
-                or len(self._outbuf) >= self._buffersize):
+        if not (mode == "none" or (mode == "line" and has_newline)
+                or len(self._outbuf) + len(data) >= self._buffersize):
+            self._outbuf += data                 # not due yet
+        elif self._outbuf or self._blocking:
+            self._outbuf += data
             self._flush()
+        else:
+            # Nothing queued (the usual case): send from ``data`` itself
+            # rather than copy it into the buffer and out again, and queue
+            # only what the socket does not take.
+            sent = self._send(data)
+            if sent < len(data):
+                self._outbuf += data[sent:]
+                self._loop._watch_output(self)
 
     def flush(self) -> None:
         """Send the buffered output (in the background if non-blocking)."""
@@ -388,15 +407,19 @@ class Channel:
             self._loop._watch_output(self)
 
     def _send_some(self) -> None:
-        """Send what the socket takes now; on error drop the output and raise."""
+        """Send what the socket takes of the queued output now."""
+        del self._outbuf[:self._send(self._outbuf)]
+
+    def _send(self, data: bytes | bytearray) -> int:
+        """Send what the socket takes of ``data`` now; returns how many
+        bytes that was.  On error drops the queued output and raises."""
         try:
-            sent = self.sock.send(self._outbuf)
+            return self.sock.send(data)
         except _WOULD_BLOCK:
-            return
+            return 0
         except OSError:
             self._outbuf.clear()
             raise
-        del self._outbuf[:sent]
 
     def _drain(self) -> None:
         """Called by the loop when the socket is writable and output waits."""
@@ -530,6 +553,8 @@ def _address(addr: Any) -> tuple[str, int] | str:
     """A socket address as (host, port), IPv4-mapped IPv6 shown as IPv4."""
     if isinstance(addr, (str, bytes)):
         return addr.decode() if isinstance(addr, bytes) else addr
+    if len(addr) == 2:
+        return addr                 # IPv4: (host, port) as it is
     host, port = addr[0], addr[1]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]

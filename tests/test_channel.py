@@ -686,6 +686,18 @@ def test_background_flush_error_is_returned_by_error_once(loop, tcppair):
     assert ch.error() is None
 
 
+def test_puts_on_a_connection_the_peer_reset_raises_and_queues_nothing(loop, tcppair):
+    ch, peer = tcppair
+    _reset(peer)
+    wait_for(loop, lambda: ch.error() is not None)     # the reset has arrived
+
+    with pytest.raises(OSError) as info:
+        ch.puts("lost")
+    assert info.value.errno in (errno.ECONNRESET, errno.EPIPE)
+    ch.flush()                             # nothing queued: nothing to raise
+    ch.close()
+
+
 @pytest.mark.parametrize("operation", ["puts", "flush", "close"])
 def test_background_flush_error_is_raised_by_the_next_write(loop, tcppair, operation):
     ch, peer = tcppair
