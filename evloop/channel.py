@@ -97,7 +97,7 @@ class Channel:
         self._encoding = "utf-8"
         self._in_mode = "auto"
         self._out_mode = "lf"
-        if sock.getblocking() != blocking:      # (a system call; often a no-op)
+        if sock.getblocking() != blocking:      # setblocking() is a system call
             sock.setblocking(blocking)
 
     def __repr__(self) -> str:
