@@ -243,6 +243,11 @@ class PortManagerServer:
             if _pending_out(ch) > self.output_limit and not self._try_flush(client):
                 return
             self._request(client, decode_line(line))
+            if not _pending_in(ch):
+                # Nothing more buffered: another gets() would only recv()
+                # to learn that nothing came (EAGAIN).  epoll says when more
+                # does, or the end of file.
+                return
 
     def _try_flush(self, client: _Client) -> bool:
         """Send what the client's socket takes; drop the client if it still
