@@ -229,17 +229,16 @@ class PortManagerServer:
             except OSError as exc:
                 self._drop(client, f"read error: {exc.strerror or exc}")
                 return
-            if line is None:
-                if ch.eof():
-                    self._drop(client, "closed by the peer")
-                elif _pending_in(ch) > self.max_line:
-                    self._refuse(client, f"Invalid request: longer than {self.max_line} bytes",
-                                 f"{client.host} sent a request longer than {self.max_line} bytes")
+            if line is None and ch.eof():
+                self._drop(client, "closed by the peer")
                 return
-            if len(line) > self.max_line:
+            # A line too long, or the start of one still without its end.
+            if (len(line) if line is not None else _pending_in(ch)) > self.max_line:
                 self._refuse(client, f"Invalid request: longer than {self.max_line} bytes",
                              f"{client.host} sent a request longer than {self.max_line} bytes")
                 return
+            if line is None:
+                return                          # the rest of the line is on its way
             if _pending_out(ch) > self.output_limit and not self._try_flush(client):
                 return
             self._request(client, decode_line(line))
