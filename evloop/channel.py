@@ -482,6 +482,17 @@ class Channel:
         except OSError:
             pass
 
+    def pending(self, which: str) -> int:
+        """Bytes buffered in the channel (Tcl's ``chan pending``):
+        ``"input"``, read from the socket and not yet handed out, or
+        ``"output"``, queued and not yet sent.  Raises ValueError for any
+        other word."""
+        if which == "input":
+            return len(self._inbuf)
+        if which == "output":
+            return len(self._outbuf)
+        raise ValueError(f"bad pending mode {which!r}: must be 'input' or 'output'")
+
     def closed(self) -> bool:
         """True once ``close`` was called."""
         return self._closed

@@ -136,6 +136,11 @@ class Loop(Timers):
         super().__init__()
         self._selector = selectors.DefaultSelector()
         self._clock = clock or time.monotonic
+        # A test clock may decide how long the loop really sleeps until a
+        # deadline on its own time (trio's Clock.deadline_to_sleep_time), so
+        # a timeout test need not wait the timeout out.
+        self._sleep_time: Callable[[float], float] = getattr(
+            clock, "deadline_to_sleep_time", self._real_sleep_time)
         self._watches: dict[int, _Watch] = {}
         self._changed: set[_Watch] = set()   # watches whose mask is out of date
         self._input_ready: dict[Channel, bool] = {}   # channels with unread input
@@ -285,7 +290,7 @@ class Loop(Timers):
                 self._selector.modify(watch.fd, mask, watch)
             except OSError as exc:
                 self._forget(watch.fd)
-                self._report(exc)
+                self.report(exc)
                 continue
             watch.mask = mask
 
@@ -387,12 +392,50 @@ class Loop(Timers):
             self._bgerror = new if new is not None else _default_bgerror
         return previous
 
-    def _report(self, exc: Exception) -> None:
+    def report(self, exc: BaseException) -> None:
+        """Hand ``exc`` to the background-error handler, as the loop does
+        with an exception from a callback.  Safe even when that handler
+        raises: both exceptions are then printed on stderr, and nothing
+        propagates to the caller."""
         try:
             self._bgerror(exc)
         except Exception as inner:          # the handler itself failed
             _default_bgerror(exc)
             _default_bgerror(inner)
+
+    # ------------------------------------------------------------ time
+
+    def time(self) -> float:
+        """The loop's clock in seconds (monotonic; the clock the loop was
+        given, if any).  Timer deadlines are on this clock."""
+        return self._clock()
+
+    # ------------------------------------------------------------ embedding
+
+    def backend_fd(self) -> int:
+        """A descriptor that becomes readable when the loop has I/O ready
+        (libuv's ``uv_backend_fd``): the epoll descriptor on Linux.  A loop
+        embedded in another watches it, and calls ``run_once(0)`` when it is
+        readable or when `backend_timeout` has passed."""
+        return self._selector.fileno()
+
+    def backend_timeout(self) -> float | None:
+        """Seconds until the loop has work without I/O (libuv's
+        ``uv_backend_timeout``): 0 when it has work now (callbacks from
+        other threads, buffered channel input, idle callbacks, a due
+        timer), the time to the nearest timer otherwise, None when only I/O
+        can wake it."""
+        if self._threadsafe or self._input_ready or self._idle:
+            return 0.0
+        if not self._heap:
+            return None
+        deadline = self._next_deadline()
+        if deadline is None:
+            return None
+        return self._sleep_time(deadline)
+
+    def _real_sleep_time(self, deadline: float) -> float:
+        return max(0.0, deadline - self._clock())
 
     # ------------------------------------------------------------ the pass
 
@@ -408,7 +451,7 @@ class Loop(Timers):
         elif self._heap:
             deadline = self._next_deadline()
             if deadline is not None:
-                wait = max(0.0, deadline - self._clock())
+                wait = self._sleep_time(deadline)
                 if timeout is None or wait < timeout:
                     timeout = wait
 
@@ -462,7 +505,7 @@ class Loop(Timers):
             else:
                 watch.writer, watch.writer_args = None, ()
             self._change(watch)
-        self._report(exc)
+        self.report(exc)
 
     def _run_buffered_input(self) -> int:
         """Call the readable handlers of the channels whose buffers still
@@ -496,7 +539,7 @@ class Loop(Timers):
             try:
                 callback(*args)
             except Exception as exc:
-                self._report(exc)
+                self.report(exc)
         return ran
 
     # ----------------------------------------------------- running and waiting

@@ -151,7 +151,7 @@ class Server:
                 if exc.errno in _ACCEPT_PAUSE:
                     self._pause()
                 else:
-                    self._loop._report(exc)
+                    self._loop.report(exc)
                 return
             ch = Channel(conn, self._loop)
             if self.path is None:
@@ -167,7 +167,7 @@ class Server:
         try:
             self._callback(*args)
         except Exception as exc:
-            self._loop._report(exc)
+            self._loop.report(exc)
 
     def _pause(self) -> None:
         # Out of descriptors: the pending connection stays in the backlog and
@@ -192,7 +192,7 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._loop._report(exc)
+                self._loop.report(exc)
                 return
             if self.path is not None or not addr:
                 host, port = (addr or ""), 0

@@ -63,7 +63,7 @@ _numbers = itertools.count(1)
 class Timers:
     """The timer half of `Loop`, which inherits it: ``after``,
     ``after_idle``, ``after_cancel``, ``after_info``, and the steps of a
-    pass that run timers.  Needs ``self._clock`` and ``self._report`` (an
+    pass that run timers.  Needs ``self._clock`` and ``self.report`` (an
     exception from a callback goes there)."""
 
     def __init__(self) -> None:
@@ -164,5 +164,5 @@ class Timers:
         try:
             callback(*args)
         except Exception as exc:
-            self._report(exc)
+            self.report(exc)
         return 1

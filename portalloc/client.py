@@ -755,7 +755,7 @@ def _deliver(loop: Any, req: _Request, result: Any, error: BaseException | None)
     try:
         req.callback(result, error)
     except Exception as exc:
-        loop.bgerror()(exc)
+        loop.report(exc)
 
 
 class AsyncPortAllocator:

@@ -116,16 +116,6 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-# evloop has no public way to ask how much a channel holds; these two are the
-# only places that look inside.
-def _pending_in(ch: evloop.Channel) -> int:
-    return len(ch._inbuf)
-
-
-def _pending_out(ch: evloop.Channel) -> int:
-    return len(ch._outbuf)
-
-
 def _show(name: str) -> str:
     """A name as the log shows it: as is, or repr() if it could forge a line."""
     return name if name.isprintable() and name else repr(name)
@@ -233,16 +223,16 @@ class PortManagerServer:
                 self._drop(client, "closed by the peer")
                 return
             # A line too long, or the start of one still without its end.
-            if (len(line) if line is not None else _pending_in(ch)) > self.max_line:
+            if (len(line) if line is not None else ch.pending("input")) > self.max_line:
                 self._refuse(client, f"Invalid request: longer than {self.max_line} bytes",
                              f"{client.host} sent a request longer than {self.max_line} bytes")
                 return
             if line is None:
                 return                          # the rest of the line is on its way
-            if _pending_out(ch) > self.output_limit and not self._try_flush(client):
+            if ch.pending("output") > self.output_limit and not self._try_flush(client):
                 return
             self._request(client, decode_line(line))
-            if not _pending_in(ch):
+            if not ch.pending("input"):
                 # Nothing more buffered: another gets() would only recv()
                 # to learn that nothing came (EAGAIN).  epoll says when more
                 # does, or the end of file.
@@ -257,9 +247,9 @@ class PortManagerServer:
         except OSError as exc:
             self._drop(client, f"write error: {exc.strerror or exc}")
             return False
-        if _pending_out(ch) > self.output_limit:
+        if ch.pending("output") > self.output_limit:
             log.warning("%s does not read its replies (%d bytes unsent): disconnected",
-                        client.host, _pending_out(ch))
+                        client.host, ch.pending("output"))
             self._drop(client, "output limit", abort=True)
             return False
         return True
@@ -348,7 +338,7 @@ class PortManagerServer:
             pass
         # What the socket did not take now the client is not reading: drop it
         # rather than keep the descriptor until it does.
-        self._drop(client, "refused", abort=_pending_out(ch) > 0)
+        self._drop(client, "refused", abort=ch.pending("output") > 0)
 
     def _drop(self, client: _Client, why: str, abort: bool = False) -> None:
         """End a connection: free its ports now, close its channel.

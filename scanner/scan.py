@@ -456,7 +456,7 @@ class Scanner:
             try:
                 self.on_result(Result(host, port, state, detail, name))
             except Exception as exc:
-                self.loop.bgerror()(exc)
+                self.loop.report(exc)
 
     def _finish(self) -> None:
         if self.finished:
@@ -473,7 +473,7 @@ class Scanner:
             try:
                 self.on_done(self)
             except Exception as exc:
-                self.loop.bgerror()(exc)
+                self.loop.report(exc)
 
     def __repr__(self) -> str:
         state = ("cancelled" if self.cancelled else "finished" if self.finished
