@@ -282,7 +282,7 @@ def _new_asyncio_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _new_evloop() -> "evloop.Loop":
+def _new_evloop() -> evloop.Loop:
     loop = evloop.Loop()
     box: list = []
 
@@ -737,7 +737,8 @@ def chain_asyncio(m: int, pending: int) -> tuple[float, int]:
 def chain_minimal(m: int, pending: int) -> tuple[float, int]:
     loop = MinimalLoop()
     call_later = loop.call_later
-    far = [call_later(FAR_MS / 1000 + i % 1000 / 1000, _noop) for i in range(pending)]
+    for i in range(pending):
+        call_later(FAR_MS / 1000 + i % 1000 / 1000, _noop)
     count = 0
 
     def tick():

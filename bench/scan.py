@@ -83,7 +83,7 @@ def _worker_asyncio(target: str, port: int, timeout: float, concurrency: int | N
         async with sem:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return "timeout"
             except ConnectionRefusedError:
                 return "refused"

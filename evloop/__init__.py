@@ -24,10 +24,11 @@ original::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .loop import Loop, Var, get_loop, set_loop  # first: it imports channel
 from .channel import Channel
+from .loop import Loop, Var, get_loop, set_loop  # first: it imports channel
 from .sockets import Server, open, open_async, server
 from .timers import TimerId
 

@@ -26,7 +26,8 @@ import errno
 import os
 import socket
 import stat
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .channel import Channel, _address
 from .loop import Loop, get_loop

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["TimerId"]
 

@@ -26,8 +26,15 @@ Modules, in the order a newcomer might read them:
 
 from __future__ import annotations
 
-from .client import (Allocation, AsyncPortAllocator, PortAllocationError, PortAllocator,
-                     PortManagerError, PortManagerProtocolError, PortManagerUnavailable)
+from .client import (
+                     Allocation,
+                     AsyncPortAllocator,
+                     PortAllocationError,
+                     PortAllocator,
+                     PortManagerError,
+                     PortManagerProtocolError,
+                     PortManagerUnavailable,
+)
 from .pool import PoolError, PoolExhausted, PortPool, PortUnavailable
 from .protocol import format_list, parse_list
 

@@ -55,10 +55,16 @@ import re
 import signal
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from .client import (Allocation, PortAllocationError, PortAllocator, PortManagerError,
-                     default_port, login_user)
+from .client import (
+    Allocation,
+    PortAllocationError,
+    PortAllocator,
+    PortManagerError,
+    default_port,
+    login_user,
+)
 from .protocol import format_list
 
 __all__ = ["main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_USAGE", "EXIT_UNREACHABLE",

@@ -73,7 +73,8 @@ import os
 import socket
 import threading
 from collections import deque
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .protocol import decode_line, encode_line, format_list, parse_list
 
@@ -290,7 +291,7 @@ class _Connection:
         self._buf = bytearray()
         try:
             self.sock = self._open_socket(host, port, timeout)
-        except socket.timeout:
+        except TimeoutError:
             raise PortManagerUnavailable(
                 f"can't connect to port manager at {self.where}: timed out") from None
         except OSError as exc:
@@ -319,7 +320,7 @@ class _Connection:
     def _send(self, line: str) -> None:
         try:
             self.sock.sendall(encode_line(line + "\n"))
-        except socket.timeout:
+        except TimeoutError:
             raise self._timed_out() from None
         except OSError as exc:
             raise self._lost(exc) from None
@@ -334,7 +335,7 @@ class _Connection:
                 return decode_line(line.rstrip(b"\r"))
             try:
                 data = self.sock.recv(_RECV_SIZE)
-            except socket.timeout:
+            except TimeoutError:
                 raise self._timed_out() from None
             except OSError as exc:
                 raise self._lost(exc) from None

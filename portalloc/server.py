@@ -71,7 +71,8 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import evloop
 

@@ -22,8 +22,19 @@ it never drops or misreports one.
 
 from __future__ import annotations
 
-from .scan import (ERROR, OPEN, REFUSED, STATES, TIMEOUT, UNREACHABLE, Result, Scanner,
-                   classify, default_concurrency, scan)
+from .scan import (
+                   ERROR,
+                   OPEN,
+                   REFUSED,
+                   STATES,
+                   TIMEOUT,
+                   UNREACHABLE,
+                   Result,
+                   Scanner,
+                   classify,
+                   default_concurrency,
+                   scan,
+)
 from .targets import Targets, parse_ports, parse_targets
 
 __all__ = [

@@ -97,11 +97,11 @@ def tnet(testnet_module):
 # with other options; the `portmgr` fixture starts one with the defaults.
 # `start_original_portmgr` starts the original NSCLDAQ server (opt-in).
 
-import signal as _pm_signal
-import socket as _pm_socket
-import subprocess as _pm_subprocess
-import time as _pm_time
-from types import SimpleNamespace as _PmNamespace
+import signal as _pm_signal  # noqa: E402  (kept beside the fixtures that use them)
+import socket as _pm_socket  # noqa: E402
+import subprocess as _pm_subprocess  # noqa: E402
+import time as _pm_time  # noqa: E402
+from types import SimpleNamespace as _PmNamespace  # noqa: E402
 
 
 class PortManagerProcess:

@@ -14,9 +14,9 @@ import subprocess
 import threading
 
 import pytest
+from conftest import wait_for
 
 import evloop
-from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(10)
 

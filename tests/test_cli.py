@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import start_portmgr
+
 from portalloc import client
 from portalloc.cli import main
 from portalloc.client import Allocation, PortAllocator, login_user

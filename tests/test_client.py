@@ -16,12 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import start_original_portmgr, start_portmgr, wait_for
+
 from portalloc import client
-from portalloc.client import (Allocation, AsyncPortAllocator, PortAllocationError,
-                              PortAllocator, PortManagerProtocolError,
-                              PortManagerUnavailable, login_user)
+from portalloc.client import (
+    Allocation,
+    AsyncPortAllocator,
+    PortAllocationError,
+    PortAllocator,
+    PortManagerProtocolError,
+    PortManagerUnavailable,
+    login_user,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

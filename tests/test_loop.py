@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 import evloop
-from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -607,7 +607,7 @@ def test_keyboard_interrupt_in_a_buffered_input_handler_loses_no_other_channel(l
         loop.update()
         assert ("b", "second") in got and ("a", "second") in got
     finally:
-        for (a, b), ch in zip(pairs, channels):
+        for (_, b), ch in zip(pairs, channels):
             ch.close(force=True)
             b.close()
 

@@ -15,8 +15,14 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from portalloc.protocol import (decode_line, encode_line, format_list, format_reply, lsort_key,
-                                parse_list)
+from portalloc.protocol import (
+    decode_line,
+    encode_line,
+    format_list,
+    format_reply,
+    lsort_key,
+    parse_list,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

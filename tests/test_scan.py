@@ -23,13 +23,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 import evloop
-from scanner.scan import (MAX_CONCURRENCY, Scanner, classify,
-                          default_concurrency, scan)
+from scanner.scan import MAX_CONCURRENCY, Scanner, classify, default_concurrency, scan
 from scanner.targets import Targets
-
-from conftest import wait_for
 
 # The package exports the function scan() under the module's own name, so
 # ``import scanner.scan as m`` gives the function; the module is looked up.

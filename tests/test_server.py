@@ -20,8 +20,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, start_original_portmgr, start_portmgr
+
 from portalloc.pool import probe_port
 from portalloc.protocol import format_list, parse_list
 from portalloc.server import PortManagerServer, is_loopback
@@ -713,7 +713,7 @@ def test_ten_thousand_holders_fit_in_64_mb(tmp_path) -> None:
     pm = start_portmgr(tmp_path, ports="10001-20999")
     socks: list[socket.socket] = []
     try:
-        for start in range(0, n, 500):
+        for _ in range(0, n, 500):
             batch = [socket.create_connection(("127.0.0.1", pm.port), timeout=30)
                      for _ in range(500)]
             for s in batch:

@@ -15,9 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 import evloop
-from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(10)
 
