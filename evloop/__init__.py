@@ -27,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .channel import Channel
+# isort: off
 from .loop import Loop, Var, get_loop, set_loop  # first: it imports channel
+from .channel import Channel
+# isort: on
 from .sockets import Server, open, open_async, server
 from .timers import TimerId
 
