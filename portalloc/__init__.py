@@ -26,7 +26,11 @@ Modules, in the order a newcomer might read them:
 
 from __future__ import annotations
 
-from .client import (
+from ._version import version as _version
+
+__version__ = _version()
+
+from .client import (  # noqa: E402
                      Allocation,
                      AsyncPortAllocator,
                      PortAllocationError,
