@@ -25,7 +25,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, start_portmgr
 
-from portalloc import PortAllocator
+import evloop
+from portalloc import AsyncPortAllocator, PortAllocator, client
+from portalloc.cli import main
+from portalloc.client import PortManagerProtocolError, PortManagerUnavailable
 from portalloc.protocol import parse_list
 
 pytestmark = pytest.mark.timeout(30)
@@ -432,3 +435,154 @@ def test_server_version(tmp_path):
     assert r.returncode == 0
     name, version = r.stdout.split()
     assert name == "portalloc-server" and version[0].isdigit() and version.count(".") >= 2
+
+
+# ----------------------------------------------------------- clients hang
+
+class FakeManager:
+    """A manager on loopback that answers every connection with ``reply``,
+    one ``step`` bytes every ``interval`` seconds (``repeat``: for ever),
+    in a thread; stops when the test ends."""
+
+    def __init__(self, reply: bytes, step: int = 1, interval: float = 0.1,
+                 repeat: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.reply, self.step, self.interval, self.repeat = reply, step, interval, repeat
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(100)
+                while not self.done.is_set():
+                    for i in range(0, len(self.reply), self.step):
+                        if self.done.wait(self.interval):
+                            return
+                        conn.sendall(self.reply[i:i + self.step])
+                    if not self.repeat:
+                        self.done.wait()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(2)
+        self.listener.close()
+
+
+@pytest.fixture
+def trickler():
+    fake = FakeManager(b"OK 3\r\n30001 a fox\r\n30002 b fox\r\n30003 c fox\r\n", repeat=True)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def endless():
+    fake = FakeManager(b"x" * 65536, step=65536, interval=0, repeat=True)
+    yield fake
+    fake.close()
+
+
+def test_client_timeout_is_a_deadline_against_a_trickling_manager(trickler):
+    pa = PortAllocator("127.0.0.1", trickler.port, timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(PortManagerUnavailable, match="did not answer within 0.5 s"):
+        pa.list_ports()
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_client_refuses_an_endless_reply_line(endless):
+    pa = PortAllocator("127.0.0.1", endless.port, timeout=5)
+    with pytest.raises(PortManagerProtocolError, match="longer than 65536 bytes"):
+        pa.list_ports()
+
+
+def test_async_client_timeout_is_a_deadline_against_a_trickling_manager(loop, trickler):
+    pa = AsyncPortAllocator("127.0.0.1", trickler.port, loop, timeout=0.5)
+    got = evloop.Var()
+    t0 = time.monotonic()
+    pa.list_ports(lambda result, error: got.set(error))
+    timer = loop.after(3000, got.set, "no callback")
+    error = loop.vwait(got)
+    loop.after_cancel(timer)
+    assert isinstance(error, PortManagerUnavailable), error
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_async_client_refuses_an_endless_reply_line(loop, endless):
+    pa = AsyncPortAllocator("127.0.0.1", endless.port, loop, timeout=5)
+    got = evloop.Var()
+    pa.list_ports(lambda result, error: got.set(error))
+    timer = loop.after(5000, got.set, "no callback")
+    error = loop.vwait(got)
+    loop.after_cancel(timer)
+    assert isinstance(error, PortManagerProtocolError) and "longer than 65536" in str(error)
+
+
+def test_portalloc_list_timeout_bounds_the_whole_command(trickler):
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "portalloc", "list", "--port", str(trickler.port),
+                        "--timeout", "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=20,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 3
+    assert r.stderr.endswith("did not answer within 0.5 s\n") and r.stderr.count("\n") == 1
+    assert time.monotonic() - t0 < 2.0
+
+
+# ------------------------------------------------------ finding the manager
+
+def test_a_planted_listen_port_file_is_ignored_and_the_fallback_is_found(
+        portmgr, tmp_path, monkeypatch, capsys):
+    needs_root_and()
+    fake = FakeManager(b"OK 1\r\n30001 daqsvc fox\r\n", step=1 << 16, interval=0)
+    try:
+        # nobody got to /var/tmp/daqportmgr first and wrote the fake's port.
+        planted = tmp_path / "var" / "listen.port"
+        planted.parent.mkdir()
+        planted.write_text(f"{fake.port}\n")
+        os.chown(planted, NOBODY, NOBODY)
+        monkeypatch.setattr(client, "DEFAULT_PORT_FILE", str(planted))
+        monkeypatch.delenv(client.PORT_FILE_ENV, raising=False)
+        # The real manager fell back to ~/.daqportmgr and wrote its port there.
+        home = tmp_path / "home"
+        (home / ".daqportmgr").mkdir(parents=True)
+        (home / ".daqportmgr" / "listen.port").write_text(f"{portmgr.port}\n")
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setattr(client, "_warned", set())
+        assert main(["find", "daqsvc", "--user", "fox"]) == 1      # not the fake's answer
+        err = capsys.readouterr().err
+        assert err.startswith(f"portalloc: ignoring {planted}: it belongs to uid {NOBODY}, "
+                              "neither root nor you\n")
+        assert f"127.0.0.1:{portmgr.port}" in err or f"localhost:{portmgr.port}" in err
+    finally:
+        fake.close()
+
+
+def test_a_group_writable_or_symlinked_listen_port_file_is_ignored(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "real"
+    target.write_text("31234\n")
+    link = tmp_path / "link.port"
+    link.symlink_to(target)
+    writable = tmp_path / "writable.port"
+    writable.write_text("31235\n")
+    writable.chmod(0o664)
+    monkeypatch.setattr(client, "_warned", set())
+    monkeypatch.setenv("HOME", str(tmp_path / "nohome"))
+    assert client.default_port(str(link)) == client.DEFAULT_PORT
+    assert client.default_port(str(writable)) == client.DEFAULT_PORT
+    assert client.default_port(str(target)) == 31234
+    assert capsys.readouterr().err == (f"portalloc: ignoring {link}: it is a symbolic link\n"
+                                       f"portalloc: ignoring {writable}: others can write it\n")
