@@ -18,20 +18,47 @@ reply, so nothing leaves until we flush.  Per connection we keep one small
 `_Client` (``__slots__``): the channel, the peer's host, the local flag and
 the ports it holds -- a few hundred bytes beside the channel itself.
 
-*Requests.*  The readable handler takes complete lines with ``gets``; a
-request split across TCP segments simply waits in the channel until its
-line end arrives (the original answered each fragment ``Invalid request``).
-While no line is complete, the bytes buffered are checked against a cap, so
-a client that never sends a line end cannot make us buffer without bound.
+*Requests.*  The readable handler reads with a bounded ``read`` (at most
+``max_line`` + 1 bytes a call) and splits lines itself, never with
+``gets``: ``gets`` reads until a line is complete, so a client streaming
+one endless line would keep it reading (and buffering) for ever, and
+every other client would wait.  A request split across TCP segments simply
+waits in the client's buffer until its line end arrives (the original
+answered each fragment ``Invalid request``); a line, complete or not, over
+``max_line`` bytes is refused and the client disconnected.
 Each line is parsed as a Tcl list, as the original's ``lindex`` did, and its
 first word chooses the command: ``GIMME app user`` reserves a port from the
 `PortPool` (which bind-probes it and hands out least-recently-released
 ports first), ``LIST`` answers from a cached rendering of the table, and
 anything else -- including a malformed list, which silently killed the
 original's handler and leaked its ports -- is answered ``FAIL {Invalid
-request ...}`` and the connection is closed.  At most a batch of lines is
-taken per call; the channel counts readable while it still holds input, so
-a client that pipelines thousands of requests takes turns with the others.
+request ...}`` and the connection is closed.  The channel counts readable
+while it still holds input, so a client that pipelines thousands of
+requests takes turns with the others, a bounded read at a time.
+
+*Who asks.*  At a connection's first GIMME the server asks the kernel who
+owns the client's socket (`portalloc.peer`: NETLINK_SOCK_DIAG, or
+/proc/net/tcp), once per connection; the allocation's log line names that
+uid.  With ``verify_user`` a GIMME naming another user is answered
+``FAIL {user U is not the owner of this connection (uid N)}`` (root may
+name anyone); the connection stays open, as after ``no free ports``.
+
+*Idle connections.*  A connection that holds no port and has sent no
+complete request for ``idle_timeout`` seconds is closed (a trickle of
+bytes without a line end does not count), so idle or slowloris connections
+cannot hold the descriptor table; one that holds a port is never timed
+out.  One timer serves all: connections wait in an ordered dict, least
+recently active first.
+
+*Names in the usage file.*  The usage file is ``port\tapp\tuser\n``; a
+name holding a backslash, a control character (tab and newline included)
+or a Unicode line separator is written with Tcl backslash escapes (see
+`usage_field`), so no name can add or split a line or a field.  The wire
+keeps every name as the original does.
+
+*Log.*  Connection lines (accepted, refused requests) are rate-limited: at
+most 20 per 10 s, then one line counting the rest, so a connection storm
+cannot fill the disk.  Allocations and releases are always logged.
 
 *Commit.*  A request changes the table and queues its reply, nothing more.
 The first change or reply of a loop pass schedules one ``after 0`` commit,
@@ -86,8 +113,8 @@ from .peer import peer_uid
 from .pool import PoolExhausted, PortPool, probe_port
 from .protocol import decode_line, encode_line, format_list, lsort_key, parse_list
 
-__all__ = ["PortManagerServer", "is_loopback", "main",
-           "DEFAULT_LISTEN", "DEFAULT_PORTS"]
+__all__ = ["PortManagerServer", "is_loopback", "main", "usage_field",
+           "DEFAULT_LISTEN", "DEFAULT_PORTS", "IDLE_TIMEOUT"]
 
 log = logging.getLogger("portalloc.server")
 
@@ -102,7 +129,6 @@ FALLBACK_DIR = "~/.daqportmgr"
 MAX_LINE = 4096                # bytes in one request line, at most
 OUTPUT_LIMIT = 1 << 20         # unsent reply bytes before we give up on a client
 IDLE_TIMEOUT = 60.0            # seconds a connection without ports may stay silent
-_LINES_PER_CALL = 64           # requests handled per readable call (fairness)
 _CONN_LOG_BURST = 20           # connection lines logged per window, at most ...
 _CONN_LOG_WINDOW = 10.0        # ... of this many seconds; a summary counts the rest
 _BUFFERSIZE = 1 << 30          # "full" buffering that never flushes by itself
