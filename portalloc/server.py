@@ -375,7 +375,8 @@ class PortManagerServer:
         lines = data.split(b"\n")
         rest = lines.pop()
         # A line too long, or the start of one still without its end.
-        if len(rest) > self.max_line or any(len(line) > self.max_line for line in lines):
+        if len(data) > self.max_line and (
+                len(rest) > self.max_line or any(len(line) > self.max_line for line in lines)):
             self._refuse(client, f"Invalid request: longer than {self.max_line} bytes",
                          f"{client.host} sent a request longer than {self.max_line} bytes")
             return

@@ -586,3 +586,27 @@ def test_a_group_writable_or_symlinked_listen_port_file_is_ignored(tmp_path, mon
     assert client.default_port(str(target)) == 31234
     assert capsys.readouterr().err == (f"portalloc: ignoring {link}: it is a symbolic link\n"
                                        f"portalloc: ignoring {writable}: others can write it\n")
+
+
+def test_the_kernel_names_the_owner_of_a_peer_socket_by_netlink_and_by_proc(tmp_path):
+    needs_root_and("setpriv")
+    from portalloc.peer import peer_uid, peer_uid_netlink, peer_uid_proc
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            listener = socket.create_server((host, 0), family=family)
+        except OSError:
+            continue                             # no IPv6 loopback here
+        with listener:
+            code = (f"import socket, sys; s = socket.create_connection(({host!r}, "
+                    f"{listener.getsockname()[1]})); sys.stdin.read()")
+            proc = subprocess.Popen(as_nobody(sys.executable, "-c", code), stdin=subprocess.PIPE)
+            try:
+                conn, _ = listener.accept()
+                with conn:
+                    ends = (conn.getpeername()[:2], conn.getsockname()[:2])
+                    assert peer_uid_netlink(*ends) == NOBODY
+                    assert peer_uid_proc(*ends) == NOBODY
+                    assert peer_uid(conn) == NOBODY
+            finally:
+                proc.stdin.close()
+                proc.wait(5)
