@@ -230,13 +230,27 @@ class _Client:
         self.uid: int | None = -1               # -1: not looked up yet
 
 
-@functools.lru_cache(maxsize=256)
+_uids: dict[str, int] = {}         # user name -> uid, found ones only, bounded
+
+
 def _uid_of(user: str) -> int | None:
-    """The uid of the user ``user`` names (a login name or a number)."""
+    """The uid of the user ``user`` names (a login name or a number).
+
+    Names found are remembered (at most 1,024; a GIMME per connection would
+    otherwise read the passwd database each time); a name not found is
+    asked again next time, so a user added while the server runs is known.
+    """
+    uid = _uids.get(user)
+    if uid is not None:
+        return uid
     try:
-        return pwd.getpwnam(user).pw_uid
+        uid = pwd.getpwnam(user).pw_uid
     except (KeyError, ValueError):
         return int(user) if user.isdigit() else None
+    if len(_uids) >= 1024:
+        _uids.clear()
+    _uids[user] = uid
+    return uid
 
 
 class PortManagerServer:
