@@ -680,6 +680,11 @@ belongs to another user, or can be written by others, goes to
 its pid file: a second server with the same pid file exits 1 and touches
 no file.  The port file is written once the server listens.
 
+Names in the usage file are written with Tcl backslash escapes where they
+hold a backslash, a control character or a line separator, so that every
+line is port<TAB>application<TAB>user.  The log names the uid that owns
+each client's socket, as the kernel knows it.
+
 SIGTERM or SIGINT stops the server: it closes every connection, empties the
 usage file, removes the pid file and the port file and exits 0.  SIGHUP
 reopens the log file (for logrotate).  Exit status 1: a file or the listen
@@ -710,7 +715,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-user", "-verify-user", action="store_true",
                    help="refuse a GIMME whose user is not the owner of the client's socket, "
                    "as the kernel knows it (root may name any user)")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", "-version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
