@@ -610,3 +610,34 @@ def test_the_kernel_names_the_owner_of_a_peer_socket_by_netlink_and_by_proc(tmp_
             finally:
                 proc.stdin.close()
                 proc.wait(5)
+
+
+@pytest.mark.parametrize("option", ["--pidfile", "--log"])
+def test_a_pid_or_log_file_that_is_a_symlink_is_not_followed(tmp_path, option):
+    victim = tmp_path / "victim"
+    victim.write_text("root:secret\n")
+    link = tmp_path / "planted"
+    link.symlink_to(victim)
+    files = {"--pidfile": tmp_path / "pm.pid", "--log": tmp_path / "pm.log",
+             "--portfile": tmp_path / "listen.port", "--usagefile": tmp_path / "ports.txt"}
+    files[option] = link
+    r = subprocess.run([sys.executable, "-m", "portalloc.server", "--listen", "0",
+                        *[x for opt, path in files.items() for x in (opt, str(path))]],
+                       cwd=ROOT, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert r.stderr == f"portalloc-server: {link}: Too many levels of symbolic links\n"
+    assert victim.read_text() == "root:secret\n"
+    assert not (tmp_path / "listen.port").exists()
+
+
+def test_no_control_character_or_line_separator_reaches_the_usage_file_raw(portmgr):
+    peer = Peer(portmgr.port)
+    names = ["a\\\\b", "nul\\x00", "esc\\x1b[31m", "c1\\x85x", "ls\\u2028x", "del\\x7f"]
+    for name in names:
+        assert peer.ask(f"GIMME {name} fox").startswith("OK ")
+    usage = portmgr.usage()
+    lines = usage.split("\n")[:-1]
+    assert len(lines) == len(names) and all(line.count("\t") == 2 for line in lines)
+    assert [line.split("\t")[1] for line in lines] == [
+        "a\\\\b", "nul\\x00", "esc\\x1b[31m", "c1\\x85x", "ls\\u2028x", "del\\x7f"]
+    assert usage.splitlines() == lines          # not even Python's splitlines splits one
