@@ -92,6 +92,8 @@ class Peer:
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
+        if proc.poll() == 97:
+            pytest.skip("could not mount a private /var/tmp")
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             pytest.fail(f"server exited with {proc.returncode}: {err}")
@@ -151,6 +153,8 @@ def test_symlinks_planted_in_a_var_tmp_directory_of_another_user_are_never_follo
     try:
         deadline = time.monotonic() + 10
         while not ((fallback / "listen.port").exists() or (inside / "listen.port").exists()):
+            if proc.poll() == 97:
+                pytest.skip("could not mount a private /var/tmp")
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.01)
@@ -177,9 +181,12 @@ def test_a_world_writable_default_directory_is_refused_and_said_on_stderr(tmp_pa
                               stderr=subprocess.PIPE, env=dict(os.environ, HOME=str(home)))
     try:
         wait_for_file(home / ".daqportmgr" / "listen.port", proc)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert f"portalloc-server: {d} is not safe to use (it is writable by others): using " \
@@ -196,7 +203,10 @@ def test_a_default_directory_the_server_makes_is_0755_whatever_the_umask(tmp_pat
     proc = subprocess.Popen(["unshare", "-m", "sh", "-c",
                              f"mount -t tmpfs none /var/tmp || exit 97; {script}", "sh",
                              *server_argv(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE)
-    assert proc.wait(15) == 0, proc.stderr.read()
+    status = proc.wait(15)
+    if status == 97:
+        pytest.skip("could not mount a private /var/tmp")
+    assert status == 0, proc.stderr.read()
     proc.stderr.close()
     assert (tmp_path / "mode").read_text() == "755\n"
 
