@@ -166,7 +166,8 @@ def test_symlinks_planted_in_a_var_tmp_directory_of_another_user_are_never_follo
         assert (fallback / "ports.txt").read_text() == f"{port}\tapp\tfox\n"
         assert oct(fallback.stat().st_mode & 0o777) == oct(0o755)
     finally:
-        assert stop(proc) == 0
+        status = stop(proc)
+    assert status == 0
     for v in victims:
         assert v.read_text() == "root:secret\n"
     log = (tmp_path / "pm.log").read_text()
