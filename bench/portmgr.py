@@ -37,6 +37,18 @@ list
     With the last round's clients holding (500 entries), ``--list-conns``
     (8) connections send LIST back to back for ``--list-seconds`` (3) s,
     one request in flight each.  LIST/s = replies per second.
+verify-user (ours only)
+    The gimme workload again on a fresh ``ours`` and a fresh ``ours
+    --verify-user`` (which asks the kernel who owns each client's socket --
+    ours asks in both, for the log -- and compares it with the user named),
+    alternating, ``--rounds`` rounds each: the cost of the check, as GIMME/s
+    and server CPU per GIMME.
+slowloris
+    The gimme workload on a fresh server while ``--slowloris`` (1,000)
+    connections are held open, each having sent half a request line and
+    nothing more (the idle timeout, 60 s, is longer than the run): GIMME/s
+    beside the same server's without them.  Afterwards the slow connections
+    must still be open (or, for ours, closed only by its idle timeout).
 holders
     A fresh server with 11,000 ports; ``--holders`` (10,000) clients, 500
     connecting at a time, each takes a port and holds it.  Reports how many
@@ -165,12 +177,12 @@ def _workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="portmgr-bench-", dir=base))
 
 
-def start_ours(ports: tuple[int, int]) -> Server:
+def start_ours(ports: tuple[int, int], *extra: str) -> Server:
     work, port = _workdir(), _free_port()
     argv = [sys.executable, "-m", "portalloc.server", "--listen", str(port),
             "--ports", f"{ports[0]}-{ports[1]}",
             "--portfile", str(work / "listen.port"), "--usagefile", str(work / "ports.txt"),
-            "--log", str(work / "portmanager.log"), "--pidfile", str(work / "pm.pid")]
+            "--log", str(work / "portmanager.log"), "--pidfile", str(work / "pm.pid"), *extra]
     proc = subprocess.Popen(argv, cwd=ROOT, preexec_fn=_nofile_at_hard_limit,
                             stdout=subprocess.DEVNULL)
     _wait_listening(proc, port, "ours")
@@ -446,6 +458,65 @@ def list_load(server: Server, conns: int, seconds: float, expected: int) -> List
     return result
 
 
+# ------------------------------------------------------ extra workloads
+
+def gimme_rounds(server: Server, args) -> tuple[float, float]:
+    """The gimme workload alone: (GIMME/s, server CPU µs per GIMME)."""
+    served, elapsed, cpu = 0, 0.0, 0.0
+    for _ in range(args.rounds):
+        cpu0 = server.cpu()
+        holding = hold(server, args.clients, args.clients)
+        cpu += server.cpu() - cpu0
+        served += len(holding.ports)
+        elapsed += holding.elapsed
+        release(server, holding)
+    return served / elapsed, cpu / max(served, 1) * 1e6
+
+
+def verify_cost(args) -> dict[str, float]:
+    """GIMME/s and CPU per GIMME of ours without and with --verify-user,
+    measured alternately (two servers each) so drift hits both alike."""
+    fig: dict[str, list[float]] = {"plain": [], "verify": [], "plain cpu": [], "verify cpu": []}
+    for _ in range(2):
+        for key, extra in (("plain", ()), ("verify", ("--verify-user",))):
+            server = start_ours(GIMME_RANGE, *extra)
+            try:
+                rate, cpu = gimme_rounds(server, args)
+            finally:
+                server.stop()
+            fig[key].append(rate)
+            fig[key + " cpu"].append(cpu)
+    return {k: sum(v) / len(v) for k, v in fig.items()}
+
+
+def slowloris(start, args) -> dict[str, float]:
+    """GIMME/s of a fresh server without, then with ``args.slowloris``
+    connections that sent half a request and stay silent."""
+    server = start(GIMME_RANGE)
+    try:
+        base, _ = gimme_rounds(server, args)
+        slow = []
+        for i in range(args.slowloris):
+            sock = socket.create_connection((HOST, server.port), timeout=TIMEOUT)
+            sock.sendall(b"GIMME slow%d be" % i)          # no line end, ever
+            slow.append(sock)
+        loaded, _ = gimme_rounds(server, args)
+        # Still open?  A closed connection reads as EOF (or a reset) at once.
+        still = 0
+        for sock in slow:
+            sock.setblocking(False)
+            try:
+                still += sock.recv(1) != b""
+            except BlockingIOError:
+                still += 1
+            except OSError:
+                pass
+            sock.close()
+        return {"base": base, "loaded": loaded, "still open": still}
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------- one server
 
 def _pcts(latencies: list[float]) -> tuple[float, float]:
@@ -499,6 +570,11 @@ def bench_server(start, args) -> dict[str, object]:
         fig["freed"] = max(freed, release(server, holding)) * 1000
     finally:
         server.stop()
+
+    if args.slowloris and server.name != "trivial":
+        slow = slowloris(start, args)
+        fig["slow base"], fig["slow loaded"] = slow["base"], slow["loaded"]
+        fig["slow still"] = int(slow["still open"])
 
     if args.holders:
         server = start(HOLDERS_RANGE)
@@ -567,6 +643,14 @@ def report(figs: dict[str, dict | None], args) -> None:
         ("generator CPU / wall, LIST", "list gen", "{:.0%}", None),
         ("all ports free after disconnect, ms", "freed", "{:.0f}", None),
     ]
+    if args.slowloris:
+        rows += [
+            ("GIMME/s, fresh server, no slow connections", "slow base", "{:,.0f}", True),
+            (f"GIMME/s with {args.slowloris:,} slowloris connections open", "slow loaded",
+             "{:,.0f}", True),
+            (f"slowloris connections still open afterwards (of {args.slowloris:,})",
+             "slow still", "{:,}", None),
+        ]
     if args.holders:
         rows += [
             (f"holders reached (of {args.holders:,})", "holders", "{:,}", True),
@@ -584,7 +668,7 @@ def report(figs: dict[str, dict | None], args) -> None:
               f"{_cell(triv, key, fmt)} | {ratio} |")
     print()
     for name, fig in figs.items():
-        if fig is None:
+        if fig is None or name == "verify":
             continue
         notes = []
         for key in ("gimme failures", "holders failures"):
@@ -605,6 +689,21 @@ def report(figs: dict[str, dict | None], args) -> None:
     if ours and "rss" in ours:
         print(f"- {ours['holders']:,} holders: RSS {ours['rss']:.1f} MiB (target < 64 MiB): "
               f"{'met' if ours['rss'] < 64 and ours['holders'] == args.holders else 'NOT met'}")
+    if ours and triv:
+        for what, key in (("GIMME/s", "gimme/s"), ("LIST/s", "list/s")):
+            print(f"- {what}: ours/trivial ceiling = {ours[key] / triv[key]:.2f}")
+    verify = figs.get("verify")
+    if verify:
+        cost = 1 - verify["verify"] / verify["plain"]
+        print()
+        print("| --verify-user (ours, 2 servers each, alternating) | without | with | cost |")
+        print("|---|---:|---:|---:|")
+        print(f"| GIMME/s | {verify['plain']:,.0f} | {verify['verify']:,.0f} | {cost:.0%} |")
+        print(f"| server CPU per GIMME, µs | {verify['plain cpu']:.0f} | "
+              f"{verify['verify cpu']:.0f} | "
+              f"{verify['verify cpu'] / verify['plain cpu'] - 1:+.0%} |")
+        print(f"- --verify-user costs {cost:.0%} of GIMME/s (target <= 20%): "
+              f"{'met' if cost <= 0.20 else 'NOT met'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -620,6 +719,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list-seconds", type=float, default=3.0, help="LIST load duration (3)")
     p.add_argument("--holders", type=int, default=10_000,
                    help="concurrent holders for the memory figure (10000; 0 skips)")
+    p.add_argument("--slowloris", type=int, default=1000,
+                   help="slow connections held open during a GIMME run (1000; 0 skips)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the --verify-user cost measurement")
     p.add_argument("--only", choices=("ours", "original", "trivial"), action="append",
                    help="run only these servers")
     p.add_argument("--quick", action="store_true",
@@ -640,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _nofile_at_hard_limit()
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < max(args.holders, args.clients) + 100:
+    if soft < max(args.holders, args.clients + args.slowloris) + 100:
         p.error(f"the descriptor limit ({soft}) is too low for {args.holders} holders")
     tclsh = shutil.which("tclsh8.6") or shutil.which("tclsh")
     tcl_version = (subprocess.run([tclsh], input="puts [info patchlevel]", text=True,
@@ -663,6 +766,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{name}: running ...", flush=True)
         figs[name] = bench_server(starters[name], args)
+    if "ours" in servers and not args.no_verify:
+        print("ours with and without --verify-user: running ...", flush=True)
+        figs["verify"] = verify_cost(args)
     report(figs, args)
     return 0
 

@@ -15,7 +15,8 @@ The Python version of the portAllocator manual's Example 2::
     python examples/list_ports.py [HOST] [--port P]
 
 HOST defaults to localhost; the port is found as PortAllocator does
-(listen.port, else 30000) unless --port is given.
+(/var/tmp/daqportmgr/listen.port, then ~/.daqportmgr/listen.port, each
+only if root or you own it; else 30000) unless --port is given.
 """
 
 from __future__ import annotations

@@ -13,9 +13,17 @@ Modules, in the order a newcomer might read them:
   ``portalloc-server`` command (``python -m portalloc.server``).  Import it
   from there: the package does not load the server, so that
   ``python -m portalloc.server`` runs it as a fresh module.
+- `portalloc.files`: how the server writes its files so that no other user
+  can steer the writes (random ``O_EXCL`` temporary names, safe
+  directories, the pid-file lock).
+- `portalloc.peer`: who owns the other end of a local connection, from the
+  kernel (NETLINK_SOCK_DIAG, /proc/net/tcp): ``--verify-user``.
 - `portalloc.client`: `PortAllocator` (blocking) and `AsyncPortAllocator`
   (callbacks, for evloop programs).
 - `portalloc.cli`: the ``portalloc list|find|allocate`` command line.
+
+``docs/security.md`` is the threat model the server and clients are built
+against.
 
 ::
 
@@ -26,7 +34,11 @@ Modules, in the order a newcomer might read them:
 
 from __future__ import annotations
 
-from .client import (
+from ._version import version as _version
+
+__version__ = _version()
+
+from .client import (  # noqa: E402
                      Allocation,
                      AsyncPortAllocator,
                      PortAllocationError,

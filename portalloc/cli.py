@@ -5,11 +5,23 @@ Usage::
     portalloc list [HOST] [USER-PATTERN] [--json]
     portalloc find SERVICE [--user USER] [--json]
     portalloc allocate APPLICATION [--] COMMAND [ARG...]
+    portalloc --version
 
-Every subcommand also takes ``--host HOST``, ``--port PORT`` and
+Every subcommand also takes ``--host HOST[:PORT]``, ``--port PORT`` and
 ``--timeout SECONDS``.  Without ``--port`` the manager is found as
 `portalloc.client.PortAllocator` finds it: the first line of
-``$PORTALLOC_PORTFILE`` or ``/var/tmp/daqportmgr/listen.port``, else 30000.
+``$PORTALLOC_PORTFILE``, ``/var/tmp/daqportmgr/listen.port`` or
+``~/.daqportmgr/listen.port`` (each only if owned by root or you and
+writable by no one else), else 30000.  ``--timeout`` is a deadline for the
+whole request, however slowly a manager answers.
+
+``list`` and ``find`` take ``--host`` more than once (``[v6addr]:PORT`` for
+an IPv6 address with a port) and ask all those managers at once, each
+within its own timeout.  A manager that can't be reached is reported on
+stderr and the others are still printed (exit status 3).  With several
+hosts, ``list`` prints the host as a first column and ``find`` prints
+``HOST PORT`` for each host where the service runs; ``--json`` objects
+always carry ``host``.
 
 ``list`` is NSCLDAQ's ``lsservices``: the allocations of the manager on HOST
 (default localhost) whose user matches the glob USER-PATTERN (default
@@ -27,7 +39,9 @@ when stdout is a terminal.  ``--json`` prints one JSON list of objects with
 ``allocate`` asks the manager on this host for a port for APPLICATION, then
 runs COMMAND with the port in the environment variable ``PORT`` and every
 ``{port}`` in its arguments replaced by the number.  The port stays
-allocated until COMMAND exits.  SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to
+allocated until COMMAND exits.  If ``portalloc`` itself dies, even by
+SIGKILL, the kernel kills COMMAND too (Linux ``PR_SET_PDEATHSIG``), since
+the manager takes the port back the moment ``portalloc`` is gone.  SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to
 ``portalloc`` are passed on to COMMAND (a Ctrl-C typed at the terminal
 already reaches COMMAND, and is not sent twice).  When no port can be had
 the manager's reason is printed and COMMAND is not run.
@@ -48,6 +62,7 @@ Errors are one line on stderr, prefixed ``portalloc:``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import fnmatch
 import json
 import os
@@ -55,10 +70,13 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from . import __version__
 from .client import (
     Allocation,
+    AsyncPortAllocator,
     PortAllocationError,
     PortAllocator,
     PortManagerError,
@@ -112,6 +130,24 @@ def _port_arg(text: str) -> int:
     return port
 
 
+def _host_arg(text: str) -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT``, ``[V6ADDR]:PORT``, ``[V6ADDR]`` or a bare
+    ``V6ADDR`` (more than one colon: no port)."""
+    host, port = text, None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"bad host {text!r}: expected [ADDRESS]:PORT")
+        if rest:
+            port = _port_arg(rest[1:])
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = _port_arg(rest)
+    if not host:
+        raise argparse.ArgumentTypeError(f"bad host {text!r}")
+    return host, port
+
+
 def _timeout_arg(text: str) -> float:
     try:
         value = float(text)
@@ -126,16 +162,21 @@ def _parser(command_split: bool = False) -> _Parser:
     """The argument parser; ``command_split``: allocate's COMMAND was cut
     off at "--" already, so options may follow APPLICATION."""
     common = _Parser(add_help=False)
-    common.add_argument("--host", help="host of the port manager (default: localhost)")
+    common.add_argument("--host", dest="hosts", action="append", type=_host_arg,
+                        metavar="HOST[:PORT]",
+                        help="host of the port manager (default: localhost); list and find "
+                        "take it more than once and ask every host at once")
     common.add_argument("--port", type=_port_arg,
                         help="port of the port manager (default: the first line of "
-                        "$PORTALLOC_PORTFILE or /var/tmp/daqportmgr/listen.port, else 30000)")
+                        "$PORTALLOC_PORTFILE, /var/tmp/daqportmgr/listen.port or "
+                        "~/.daqportmgr/listen.port, else 30000)")
     common.add_argument("--timeout", type=_timeout_arg, default=10.0, metavar="SECONDS",
-                        help="give up on a manager that does not answer (default: 10)")
+                        help="deadline for each request, whole reply included (default: 10)")
 
     parser = _Parser(prog=_PROG, description="List, find and allocate ports of an "
                      "NSCLDAQ-compatible port manager.", epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -168,7 +209,8 @@ def _parser(command_split: bool = False) -> _Parser:
                        description="Allocate a port for APPLICATION and run COMMAND with it in "
                        "$PORT and in\nplace of {port} in its arguments.  The port is held until "
                        "COMMAND exits,\nand portalloc exits with its status; signals sent to "
-                       "portalloc are passed\non to COMMAND.")
+                       "portalloc are passed\non to COMMAND, and if portalloc dies (even by "
+                       "SIGKILL) COMMAND is killed.")
     p.add_argument("application", metavar="APPLICATION",
                    help="the name to register the port under")
     if command_split:
@@ -228,33 +270,101 @@ def _silence_stdout() -> None:
         pass
 
 
-def _allocator(args: argparse.Namespace, host: str | None = None) -> PortAllocator:
-    host = host or args.host or "localhost"
-    port = args.port if args.port is not None else default_port()
+def _targets(args: argparse.Namespace, positional: str | None = None) -> list[tuple[str, str, int]]:
+    """(label, host, port) of every manager to ask, in the order given."""
+    hosts = list(args.hosts or [])
+    if positional:
+        if hosts and [h for h, _ in hosts] != [positional]:
+            raise _UsageError("give the host once: as HOST or as --host")
+        hosts = hosts or [(positional, None)]
+    if not hosts:
+        hosts = [("localhost", None)]
+    fallback = args.port if args.port is not None else None
+    out = []
+    for host, port in hosts:
+        if port is None:
+            port = fallback if fallback is not None else default_port()
+            label = host
+        else:
+            label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        out.append((label, host, port))
+    return out
+
+
+def _allocator(args: argparse.Namespace) -> PortAllocator:
+    if args.hosts and len(args.hosts) > 1:
+        raise _UsageError("allocate takes one --host")
+    (_, host, port), = _targets(args)
     return PortAllocator(host, port, timeout=args.timeout)
 
 
-def _as_dict(a: Allocation) -> dict[str, object]:
-    return {"port": a.port, "application": a.application, "user": a.user}
+def _ask_all(args: argparse.Namespace, targets: list[tuple[str, str, int]]
+             ) -> list[tuple[str, list[Allocation] | None]]:
+    """LIST every target at once on one evloop loop; (label, allocations or
+    None for a manager that failed, which is reported on stderr)."""
+    import evloop
+    loop = evloop.Loop()
+    results: dict[int, tuple[Any, BaseException | None]] = {}
+    done = evloop.Var()
+    allocators = []
+    try:
+        for i, (_, host, port) in enumerate(targets):
+            pa = AsyncPortAllocator(host, port, loop, timeout=args.timeout)
+            allocators.append(pa)
+
+            def store(result: Any, error: BaseException | None, i: int = i) -> None:
+                results[i] = (result, error)
+                done.set(len(results))
+
+            try:
+                pa.list_ports(store)
+            except OSError as exc:
+                results[i] = (None, exc)
+        # Each request has its own deadline; this one only guards the loop.
+        guard = loop.after((args.timeout + 5) * 1000, done.set, "guard")
+        while len(results) < len(targets) and done.get() != "guard":
+            loop.vwait(done)
+        loop.after_cancel(guard)
+    finally:
+        for pa in allocators:
+            pa.release()
+        loop.close()
+    out: list[tuple[str, list[Allocation] | None]] = []
+    for i, (label, _, _) in enumerate(targets):
+        result, error = results.get(i, (None, PortManagerError(
+            f"port manager at {label} did not answer")))
+        if error is not None:
+            print(f"{_PROG}: {error}", file=sys.stderr)
+            out.append((label, None))
+        else:
+            out.append((label, result))
+    return out
+
+
+def _as_dict(a: Allocation, host: str) -> dict[str, object]:
+    return {"host": host, "port": a.port, "application": a.application, "user": a.user}
 
 
 def _list(args: argparse.Namespace) -> int:
-    if args.hostname and args.host and args.hostname != args.host:
-        raise _UsageError("give the host once: as HOST or as --host")
-    allocations = [a for a in _allocator(args, args.hostname).list_ports()
-                   if fnmatch.fnmatchcase(a.user, args.user_pattern)]
+    targets = _targets(args, args.hostname)
+    answers = _ask_all(args, targets)
+    rows: list[tuple[str, Allocation]] = [
+        (label, a) for label, allocations in answers for a in allocations or []
+        if fnmatch.fnmatchcase(a.user, args.user_pattern)]
+    status = EXIT_UNREACHABLE if any(a is None for _, a in answers) else EXIT_OK
     if args.json:
-        print(json.dumps([_as_dict(a) for a in allocations]))
-        return EXIT_OK
-    rows = [_fields(a) for a in allocations]
-    if sys.stdout.isatty():
-        rows.insert(0, ["PORT", "APPLICATION", "USER"])
-    if rows:
-        widths = [max(len(r[i]) for r in rows) for i in range(2)]
-        for r in rows:
-            print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}")
+        print(json.dumps([_as_dict(a, label) for label, a in rows]))
+        return status
+    several = len(targets) > 1
+    lines = [([_element(label)] if several else []) + _fields(a) for label, a in rows]
+    if sys.stdout.isatty() and lines:
+        lines.insert(0, (["HOST"] if several else []) + ["PORT", "APPLICATION", "USER"])
+    if lines:
+        widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]) - 1)]
+        for r in lines:
+            print("  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths)) + "  " + r[-1])
     sys.stdout.flush()
-    return EXIT_OK
+    return status
 
 
 def _fields(a: Allocation) -> list[str]:
@@ -282,12 +392,24 @@ def _element(name: str) -> str:
 
 def _find(args: argparse.Namespace) -> int:
     user = args.user if args.user is not None else login_user()
-    allocator = _allocator(args)
-    for a in allocator.list_ports():
-        if a.application == args.service and a.user == user:
-            print(json.dumps(_as_dict(a)) if args.json else a.port)
-            return EXIT_OK
-    where = f"{allocator.hostname}:{allocator.port}"
+    targets = _targets(args)
+    answers = _ask_all(args, targets)
+    found = False
+    for label, allocations in answers:
+        for a in allocations or []:
+            if a.application == args.service and a.user == user:
+                found = True
+                if args.json:
+                    print(json.dumps(_as_dict(a, label)))
+                else:
+                    print(f"{_element(label)} {a.port}" if len(targets) > 1 else a.port)
+                break
+    if found:
+        return EXIT_OK
+    if any(a is None for _, a in answers):
+        return EXIT_UNREACHABLE
+    where = ", ".join(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+                      for _, host, port in targets)
     return _fail(EXIT_NOT_FOUND, f"no service {args.service!r} run by {user!r} at {where}")
 
 
@@ -303,6 +425,31 @@ def _allocate(args: argparse.Namespace) -> int:
         allocator.release()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGKILL when this process dies
+    (``prctl(PR_SET_PDEATHSIG)``, Linux), or None where there is none.
+
+    ``prctl`` is looked up here, before the fork, so the child only calls
+    it.  If we died between fork and prctl the child has a new parent
+    already; it checks and kills itself, as no signal would come.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 def _run_holding(port: int, command: list[str]) -> int:
     """Run ``command`` with ``port`` in it; pass signals on; its status."""
     argv = [arg.replace("{port}", str(port)) for arg in command]
@@ -315,7 +462,7 @@ def _run_holding(port: int, command: list[str]) -> int:
     watched = {*_FORWARDED, signal.SIGCHLD}
     try:
         try:
-            child = subprocess.Popen(argv, env=env)
+            child = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent())
         except FileNotFoundError:
             return _fail(127, f"{argv[0]}: command not found")
         except OSError as exc:

@@ -47,17 +47,28 @@ split lines again when we read LIST.)  When one ``(user, application)``
 holds several ports, LIST names them ``app``, ``app_1``, ``app_2``, ...;
 `find_server` therefore finds the first port of a service.
 
-Timeouts: every wait (connect, each reply) is bounded by ``timeout``
-(`DEFAULT_TIMEOUT`, 10 s).  After a timeout a late reply could be taken for
-the answer to the next request, so the connection is not used again; if it
-holds ports it is left open (the ports stay ours, until ``release()``) and
-the next request opens a new one.
+Timeouts are deadlines: with ``timeout=T`` (`DEFAULT_TIMEOUT`, 10 s) every
+request -- connect, send and the whole reply, every line of a LIST --
+finishes or raises within T seconds, however slowly the manager trickles
+its bytes; a reply line longer than `MAX_REPLY_LINE` (64 KiB) is an error
+too, so a manager that never ends a line cannot make us buffer without
+bound.  After a timeout a late reply could be taken for the answer to the
+next request, so the connection is not used again; if it holds ports it is
+left open (the ports stay ours, until ``release()``) and the next request
+opens a new one.
 
-Finding the manager: ``port=None`` means the first line of the file named by
-the environment variable ``PORTALLOC_PORTFILE`` if set, else of
-`DEFAULT_PORT_FILE` (``/var/tmp/daqportmgr/listen.port``, which the manager
-writes), if it can be read and holds a port number; else `DEFAULT_PORT`
-(30000).  Tests point `DEFAULT_PORT_FILE` (or the variable) elsewhere.
+Finding the manager: ``port=None`` means the first line of the first of
+these files that exists and can be trusted: the file named by the
+environment variable ``PORTALLOC_PORTFILE``, `DEFAULT_PORT_FILE`
+(``/var/tmp/daqportmgr/listen.port``, which the manager writes), and
+`FALLBACK_PORT_FILE` (``~/.daqportmgr/listen.port``, where a manager that
+could not use ``/var/tmp/daqportmgr`` writes it); else `DEFAULT_PORT`
+(30000).  A file is trusted when it is a regular file (not a symlink),
+owned by root or by the user running the client, and writable by neither
+group nor others: anyone can create ``/var/tmp/daqportmgr`` first, and a
+port file planted there would send our requests to a fake manager.  An
+untrusted file is passed over with a warning on stderr.  Tests point
+`DEFAULT_PORT_FILE` (or the variable) elsewhere.
 
 Errors: `PortAllocationError` carries the manager's reason (``.reason``);
 `PortManagerUnavailable` (an `OSError`) says that the manager at
@@ -71,7 +82,10 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import stat
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -82,14 +96,16 @@ __all__ = [
     "PortAllocator", "AsyncPortAllocator", "Allocation",
     "PortManagerError", "PortAllocationError", "PortManagerUnavailable",
     "PortManagerProtocolError",
-    "DEFAULT_PORT", "DEFAULT_PORT_FILE", "DEFAULT_TIMEOUT", "PORT_FILE_ENV",
-    "default_port", "login_user",
+    "DEFAULT_PORT", "DEFAULT_PORT_FILE", "FALLBACK_PORT_FILE", "DEFAULT_TIMEOUT",
+    "MAX_REPLY_LINE", "PORT_FILE_ENV", "default_port", "login_user",
 ]
 
 DEFAULT_PORT = 30000
 DEFAULT_PORT_FILE = "/var/tmp/daqportmgr/listen.port"
+FALLBACK_PORT_FILE = "~/.daqportmgr/listen.port"
 PORT_FILE_ENV = "PORTALLOC_PORTFILE"
-DEFAULT_TIMEOUT = 10.0          # seconds, for a connect and for each reply
+DEFAULT_TIMEOUT = 10.0          # seconds a whole request may take
+MAX_REPLY_LINE = 65536          # bytes in one reply line, at most
 
 _RECV_SIZE = 65536
 _MAX_ALLOCATION_TEXT = 65536    # an allocation split over lines, at most
@@ -134,22 +150,62 @@ class PortManagerProtocolError(PortManagerError):
 
 # ------------------------------------------------------------------ helpers
 
+_warned: set[str] = set()
+
+
+def _warn_once(path: str, why: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        print(f"portalloc: ignoring {path}: {why}", file=sys.stderr)
+
+
+def _read_port_file(path: str) -> int | None:
+    """The port in ``path`` if it exists, can be trusted and holds one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        if os.path.islink(path):
+            _warn_once(path, "it is a symbolic link")
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            _warn_once(path, "it is not a regular file")
+            return None
+        if st.st_uid not in (0, os.getuid()):
+            _warn_once(path, f"it belongs to uid {st.st_uid}, neither root nor you")
+            return None
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            _warn_once(path, "others can write it")
+            return None
+        first = f.readline(100)
+    try:
+        port = int(first.decode("ascii", "replace").strip())
+    except ValueError:
+        return None
+    return port if 0 < port < 65536 else None
+
+
 def default_port(port_file: str | None = None) -> int:
     """The port the manager listens on, as ``PortAllocator(port=None)`` finds it.
 
-    Reads the first line of ``port_file``, else of the file named by
-    ``$PORTALLOC_PORTFILE``, else of `DEFAULT_PORT_FILE`; returns
-    `DEFAULT_PORT` when that file can't be read or holds no port number.
-    Never raises.
+    ``port_file`` if given, else the first trusted file of
+    ``$PORTALLOC_PORTFILE``, `DEFAULT_PORT_FILE` and `FALLBACK_PORT_FILE`
+    that holds a port (see the module notes); else `DEFAULT_PORT`.  An
+    untrusted file is passed over with a warning on stderr.  Never raises.
     """
-    path = port_file or os.environ.get(PORT_FILE_ENV) or DEFAULT_PORT_FILE
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            first = f.readline(100)
-        port = int(first.strip())
-    except (OSError, ValueError):
-        return DEFAULT_PORT
-    return port if 0 < port < 65536 else DEFAULT_PORT
+    if port_file:
+        candidates = [port_file]
+    else:
+        candidates = [p for p in (os.environ.get(PORT_FILE_ENV), DEFAULT_PORT_FILE,
+                                  os.path.expanduser(FALLBACK_PORT_FILE)) if p]
+    for path in candidates:
+        port = _read_port_file(path)
+        if port is not None:
+            return port
+    return DEFAULT_PORT
 
 
 def login_user() -> str:
@@ -175,7 +231,7 @@ def _addresses(host: str, port: int) -> list[str]:
     """
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     infos.sort(key=lambda info: info[0] != socket.AF_INET)     # stable
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _check_name(what: str, name: str) -> str:
@@ -283,14 +339,18 @@ def _unhold(conn: Any) -> None:
 # ---------------------------------------------------------- blocking client
 
 class _Connection:
-    """One blocking connection to the manager, with a timeout on each wait."""
+    """One blocking connection to the manager.  Each request runs against a
+    deadline (`begin` sets it): connect, send and every read share it."""
 
     def __init__(self, host: str, port: int, timeout: float | None) -> None:
         self.where = _where(host, port)
         self.ports: list[int] = []
+        self.timeout = timeout
+        self.deadline: float | None = None
         self._buf = bytearray()
+        self.begin()
         try:
-            self.sock = self._open_socket(host, port, timeout)
+            self.sock = self._open_socket(host, port)
         except TimeoutError:
             raise PortManagerUnavailable(
                 f"can't connect to port manager at {self.where}: timed out") from None
@@ -299,14 +359,28 @@ class _Connection:
                 f"can't connect to port manager at {self.where}: {exc.strerror or exc}",
                 exc.errno) from None
 
-    @staticmethod
-    def _open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
+    def begin(self) -> None:
+        """Start a request: it must be done ``timeout`` seconds from now."""
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _left(self) -> float | None:
+        """Seconds to the deadline; raises TimeoutError once it has passed."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    def _open_socket(self, host: str, port: int) -> socket.socket:
         """A socket connected to the first address of ``host`` that answers;
         raises the last address's error when none does."""
         error: OSError | None = None
         for address in _addresses(host, port):
             try:
-                return socket.create_connection((address, port), timeout=timeout)
+                return socket.create_connection((address, port), timeout=self._left())
+            except TimeoutError:
+                raise
             except OSError as exc:
                 error = exc
         assert error is not None        # getaddrinfo returns an address or raises
@@ -319,6 +393,7 @@ class _Connection:
 
     def _send(self, line: str) -> None:
         try:
+            self.sock.settimeout(self._left())
             self.sock.sendall(encode_line(line + "\n"))
         except TimeoutError:
             raise self._timed_out() from None
@@ -326,14 +401,19 @@ class _Connection:
             raise self._lost(exc) from None
 
     def readline(self) -> str:
-        """The next reply line without its ``\\r\\n`` (or ``\\n``)."""
+        """The next reply line without its ``\\r\\n`` (or ``\\n``), by the deadline."""
         while True:
             nl = self._buf.find(b"\n")
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[:nl + 1]
                 return decode_line(line.rstrip(b"\r"))
+            if len(self._buf) > MAX_REPLY_LINE:
+                raise PortManagerProtocolError(
+                    f"port manager at {self.where} sent a reply line longer than "
+                    f"{MAX_REPLY_LINE} bytes")
             try:
+                self.sock.settimeout(self._left())
                 data = self.sock.recv(_RECV_SIZE)
             except TimeoutError:
                 raise self._timed_out() from None
@@ -345,8 +425,7 @@ class _Connection:
 
     def _timed_out(self) -> PortManagerUnavailable:
         return PortManagerUnavailable(
-            f"port manager at {self.where} did not answer within "
-            f"{self.sock.gettimeout():g} s")
+            f"port manager at {self.where} did not answer within {self.timeout:g} s")
 
     def _lost(self, exc: OSError | None) -> PortManagerUnavailable:
         why = f": {exc.strerror or exc}" if exc is not None else ""
@@ -366,8 +445,8 @@ class PortAllocator:
     """A client of the port manager on ``hostname`` (blocking calls).
 
     ``port=None`` finds the manager's port as `default_port` does.
-    ``timeout`` (seconds, None for none) bounds the connect and the wait for
-    each reply.  ``user`` is the user name sent with GIMME (default: the
+    ``timeout`` (seconds, None for none) is a deadline for each whole
+    request: connect, send and the complete reply.  ``user`` is the user name sent with GIMME (default: the
     login user).  Usable as a context manager, which releases on exit.
     Thread-safe: requests from several threads are serialised.
     """
@@ -412,7 +491,11 @@ class PortAllocator:
         line = _gimme(application, self.user)
         with self._lock:
             self._check_alive()
-            conn = self._conn = self._conn or self._connect()
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._connect()
+            else:
+                conn.begin()
             reply = self._ask(conn, line)
             try:
                 port = _gimme_result(conn.where, application, reply)
@@ -432,8 +515,12 @@ class PortAllocator:
         with self._lock:
             self._check_alive()
             # The connection that holds our ports, else one for this request.
-            temporary = self._conn is None
-            conn = self._connect() if temporary else self._conn
+            conn = self._conn
+            temporary = conn is None
+            if conn is None:
+                conn = self._connect()
+            else:
+                conn.begin()
             try:
                 count = _list_count(conn.where, self._ask(conn, "LIST"))
                 rows = []
@@ -559,6 +646,7 @@ class _AsyncConnection:
         self.closed = False
         self.channel: Any = None
         self.addresses: list[str] = []
+        self.buf = b""                      # a reply line still without its end
 
     # ------------------------------------------------------------ connecting
 
@@ -635,17 +723,33 @@ class _AsyncConnection:
             self.loop.after_idle(self._lose, exc)
 
     def _readable(self) -> None:
+        """Take the reply lines that came.  A bounded ``read`` rather than
+        ``gets``: a manager that never ends a line must not have us read on
+        and on (a line over `MAX_REPLY_LINE` bytes is an error)."""
         try:
-            line = self.channel.gets()
-            while line is not None:
-                self._reply_line(decode_line(line))
-                if self.closed:
-                    return
-                line = self.channel.gets()
+            data = self.channel.read(MAX_REPLY_LINE + 1)
         except OSError as exc:
             self._lose(exc)
             return
-        if self.channel.eof():
+        if self.buf:
+            data = self.buf + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_REPLY_LINE or any(len(line) > MAX_REPLY_LINE for line in lines):
+            self.fail(PortManagerProtocolError(
+                f"port manager at {self.where} sent a reply line longer than "
+                f"{MAX_REPLY_LINE} bytes"))
+            return
+        eof = self.channel.eof()
+        if eof and rest:
+            lines.append(rest)              # a last line without its end
+            rest = b""
+        self.buf = rest
+        for line in lines:
+            self._reply_line(decode_line(line.rstrip(b"\r")))
+            if self.closed:
+                return
+        if eof:
             self._lose(None)
 
     def _reply_line(self, line: str) -> None:

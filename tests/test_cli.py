@@ -98,8 +98,8 @@ def test_list_filters_users_with_a_glob_like_lsservices(portmgr, held, capsys):
 def test_list_json(portmgr, held, capsys):
     assert main(["list", "--json", "--port", str(portmgr.port)]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {"port": held["web"], "application": "web", "user": "alice"},
-        {"port": held["my db"], "application": "my db", "user": "bob"},
+        {"host": "localhost", "port": held["web"], "application": "web", "user": "alice"},
+        {"host": "localhost", "port": held["my db"], "application": "my db", "user": "bob"},
     ]
 
 
@@ -186,7 +186,7 @@ def test_find_prints_the_port(portmgr, held, capsys):
 def test_find_json(portmgr, held, capsys):
     assert main(["find", "my db", "--user", "bob", "--json", "--port", str(portmgr.port)]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "port": held["my db"], "application": "my db", "user": "bob"}
+        "host": "localhost", "port": held["my db"], "application": "my db", "user": "bob"}
 
 
 def test_find_defaults_to_the_login_user(portmgr, held, capsys):
@@ -367,3 +367,81 @@ def test_help_documents_the_exit_codes(capsys):
 def test_console_entry_point_module_runs():
     result = portalloc("--help")
     assert result.returncode == 0 and "allocate" in result.stdout
+
+
+# ------------------------------------------------------------- many hosts
+
+def test_list_asks_several_hosts_at_once_with_a_host_column(portmgr, held, tmp_path, capsys):
+    other = start_portmgr(tmp_path / "other", ports="21201-21300")
+    try:
+        with PortAllocator("127.0.0.1", other.port, user="carol") as pa:
+            carol = pa.allocate_port("cache")
+            dead = free_port()
+            assert main(["list", "--host", f"127.0.0.1:{portmgr.port}",
+                         "--host", f"127.0.0.1:{dead}", "--host", f"[::1]:{other.port}"]) == 3
+            out, err = capsys.readouterr()
+            rows = [parse_list(line) for line in out.splitlines()]
+            assert rows == [[f"127.0.0.1:{portmgr.port}", str(held["web"]), "web", "alice"],
+                            [f"127.0.0.1:{portmgr.port}", str(held["my db"]), "my db", "bob"],
+                            [f"[::1]:{other.port}", str(carol), "cache", "carol"]]
+            assert err == (f"portalloc: can't connect to port manager at 127.0.0.1:{dead}: "
+                           "Connection refused\n")
+            assert main(["list", "--json", "--host", f"127.0.0.1:{portmgr.port}",
+                         "--host", f"[::1]:{other.port}"]) == 0
+            assert [(r["host"], r["user"]) for r in json.loads(capsys.readouterr().out)] == [
+                (f"127.0.0.1:{portmgr.port}", "alice"), (f"127.0.0.1:{portmgr.port}", "bob"),
+                (f"[::1]:{other.port}", "carol")]
+    finally:
+        other.stop()
+        other.proc.stderr.close()
+
+
+def test_each_host_has_its_own_timeout_and_a_silent_one_hides_no_other(portmgr, held, capsys):
+    silent = socket.create_server(("127.0.0.1", 0))      # accepts, never answers
+    try:
+        t0 = time.monotonic()
+        status = main(["find", "web", "--user", "alice", "--timeout", "0.5",
+                       "--host", f"127.0.0.1:{silent.getsockname()[1]}",
+                       "--host", f"localhost:{portmgr.port}"])
+        assert time.monotonic() - t0 < 1.5              # at once, not one after the other
+        out, err = capsys.readouterr()
+        assert status == 0
+        assert out == f"localhost:{portmgr.port} {held['web']}\n"
+        assert "did not answer within 0.5 s" in err
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("spec", ["[::1", "host:notaport", "[::1]x", ":30000"])
+def test_bad_host_specs_are_usage_errors(spec, capsys):
+    assert main(["list", "--host", spec]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# --------------------------------------------------------------- dying
+
+def test_command_of_allocate_dies_when_portalloc_is_killed_with_sigkill(portmgr):
+    child = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-m", "portalloc", "allocate", "--port",
+                             str(portmgr.port), "svc", "--", sys.executable, "-c", child],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        pidfd = os.pidfd_open(pid)
+        proc.kill()                                  # SIGKILL: no handler runs
+        proc.wait(5)
+        import select
+        readable, _, _ = select.select([pidfd], [], [], 5)   # readable once it has exited
+        os.close(pidfd)
+        assert readable, "COMMAND outlived portalloc"
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    eventually(lambda: listed(portmgr) == [])
+
+
+def test_portalloc_version():
+    result = portalloc("--version")
+    assert result.returncode == 0
+    name, version = result.stdout.split()
+    assert name == "portalloc" and version[0].isdigit()

@@ -549,7 +549,8 @@ def test_main_help_lists_every_option_and_explains_the_rest() -> None:
         assert opt in r.stdout
     text = " ".join(r.stdout.split())
     for words in ("GIMME", "LIST", "one dash", "~/.daqportmgr", "SIGTERM or SIGINT",
-                  "removes the pid file and exits 0", "Exit status 1", "2: a bad option"):
+                  "removes the pid file and the port file and exits 0", "SIGHUP",
+                  "Exit status 1", "2: a bad option"):
         assert words in text
 
 
@@ -777,8 +778,9 @@ def test_an_unwritable_default_path_falls_back_to_the_home_directory(tmp_path, m
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")                       # a file where the directory should be
-    got = _usable(None, str(blocker / "listen.port"), "port file")
+    got, why = _usable(None, str(blocker / "listen.port"), "port file")
     assert got == str(tmp_path / "home" / ".daqportmgr" / "listen.port")
+    assert why == f"{blocker} is not safe to use (it is not a directory)"
     assert (tmp_path / "home" / ".daqportmgr").is_dir()
     with pytest.raises(OSError):                 # an explicit path does not fall back
         _usable(str(blocker / "listen.port"), "/unused", "port file")
