@@ -207,3 +207,48 @@ def portmgr(tmp_path):
     pm.proc.wait(10)
     if pm.proc.stderr:
         pm.proc.stderr.close()
+
+
+# --- X display fixture (Tk tests) ---
+# A private Xvfb server for the session.  Xvfb picks a free display number
+# itself and writes it to a pipe once it accepts connections (-displayfd),
+# so there is no guessing of numbers and no sleeping.
+
+import select as _x_select  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def xdisplay():
+    """The name (``:N``) of a running Xvfb display; skips where Xvfb or
+    tkinter is missing or Tk can't open the display."""
+    try:
+        import tkinter
+    except ImportError:
+        pytest.skip("tkinter is not available")
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("Xvfb is not installed")
+    rfd, wfd = os.pipe()
+    proc = _pm_subprocess.Popen(
+        [xvfb, "-displayfd", str(wfd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(wfd,), stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.DEVNULL)
+    os.close(wfd)
+    try:
+        ready, _, _ = _x_select.select([rfd], [], [], 10.0)
+        number = os.read(rfd, 64).decode().strip() if ready else ""
+    finally:
+        os.close(rfd)
+    if not number.isdigit() or not Path(f"/tmp/.X11-unix/X{number}").exists():
+        proc.kill()
+        proc.wait(10)
+        pytest.skip("Xvfb did not start")
+    display = f":{number}"
+    try:
+        tkinter.Tk(screenName=display).destroy()
+    except tkinter.TclError as exc:
+        proc.kill()
+        proc.wait(10)
+        pytest.skip(f"Tk can't open the Xvfb display: {exc}")
+    yield display
+    proc.terminate()
+    proc.wait(10)
