@@ -210,11 +210,52 @@ def portmgr(tmp_path):
 
 
 # --- X display fixture (Tk tests) ---
-# A private Xvfb server for the session.  Xvfb picks a free display number
-# itself and writes it to a pipe once it accepts connections (-displayfd),
-# so there is no guessing of numbers and no sleeping.
+# A private Xvfb server for the session, on a display number nobody uses
+# (no socket, no lock file; other test runs may share /tmp), counted from
+# one that depends on our pid so that parallel runs start apart.  Xvfb
+# writes the number to a pipe once it accepts connections (-displayfd): no
+# sleeping.  If the number was taken meanwhile, Xvfb exits and the next
+# one is tried.
 
 import select as _x_select  # noqa: E402
+
+
+def _x_free(n: int) -> bool:
+    if Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists():
+        return False
+    try:                                     # abstract sockets: no file to see
+        with open("/proc/net/unix") as f:
+            return f"@/tmp/.X11-unix/X{n}\n" not in f.read()
+    except OSError:
+        return True
+
+
+def _start_xvfb(xvfb: str, n: int):
+    """Xvfb on display ``n``; (process, True) once it is ready, or
+    (None, False) if it exited or did not start within 10 s."""
+    rfd, wfd = os.pipe()
+    proc = _pm_subprocess.Popen(
+        [xvfb, f":{n}", "-displayfd", str(wfd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(wfd,), stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.DEVNULL)
+    os.close(wfd)
+    # Xvfb writes the number and the newline separately, and dies if the
+    # pipe is closed between the two: read up to the newline.
+    said, deadline = b"", _pm_time.monotonic() + 10.0
+    try:
+        while not said.endswith(b"\n"):
+            ready, _, _ = _x_select.select([rfd], [], [], max(0.0, deadline - _pm_time.monotonic()))
+            chunk = os.read(rfd, 64) if ready else b""
+            if not chunk:
+                break                        # exited, or too slow
+            said += chunk
+    finally:
+        os.close(rfd)
+    said = said.decode().strip()
+    if said == str(n) and Path(f"/tmp/.X11-unix/X{n}").exists():
+        return proc, True
+    proc.kill()
+    proc.wait(10)
+    return None, False
 
 
 @pytest.fixture(scope="session")
@@ -228,21 +269,15 @@ def xdisplay():
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         pytest.skip("Xvfb is not installed")
-    rfd, wfd = os.pipe()
-    proc = _pm_subprocess.Popen(
-        [xvfb, "-displayfd", str(wfd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-        pass_fds=(wfd,), stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.DEVNULL)
-    os.close(wfd)
-    try:
-        ready, _, _ = _x_select.select([rfd], [], [], 10.0)
-        number = os.read(rfd, 64).decode().strip() if ready else ""
-    finally:
-        os.close(rfd)
-    if not number.isdigit() or not Path(f"/tmp/.X11-unix/X{number}").exists():
-        proc.kill()
-        proc.wait(10)
+    proc, first = None, 100 + os.getpid() % 800
+    for n in range(first, first + 50):
+        if _x_free(n):
+            proc, ok = _start_xvfb(xvfb, n)
+            if ok:
+                break
+    if proc is None:
         pytest.skip("Xvfb did not start")
-    display = f":{number}"
+    display = f":{n}"
     try:
         tkinter.Tk(screenName=display).destroy()
     except tkinter.TclError as exc:
