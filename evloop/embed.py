@@ -97,6 +97,7 @@ class Attachment:
         self.loop = loop
         self._attached = True
         self._soon_pending = False
+        self._guarded = False
 
     @property
     def attached(self) -> bool:
@@ -115,8 +116,9 @@ class Attachment:
         self._attached = False
         if _attached.get(self.loop) is self:
             del _attached[self.loop]
-        # The instance attribute set by _guard_vwait; the class's vwait is back.
-        self.loop.__dict__.pop("vwait", None)
+        if self._guarded:
+            self._guarded = False
+            del self.loop.vwait          # the class's vwait is back
         self._unhook()
 
     def wakeup(self) -> None:
@@ -142,6 +144,8 @@ class Attachment:
             for _ in range(MAX_PASSES):
                 if not run_once(0):
                     break
+                if not self._attached:
+                    return               # a callback detached (or the host went)
             else:
                 # Bounded: yield to the host, then go on.
                 self.wakeup()
@@ -154,13 +158,16 @@ class Attachment:
             self.detach()
             self.loop.report(exc)
             return
-        if timeout is None:
-            self._host_cancel_timer()
-        elif timeout <= 0:
-            self._host_cancel_timer()
-            self.wakeup()
-        else:
-            self._host_timer(timeout)
+        try:
+            if timeout is None:
+                self._host_cancel_timer()
+            elif timeout <= 0:
+                self._host_cancel_timer()
+                self.wakeup()
+            else:
+                self._host_timer(timeout)
+        except Exception:
+            self.detach()                # the host refuses timers: it is gone
 
     def _guard_vwait(self) -> None:
         """Make ``loop.vwait`` refuse while attached (see the module notes)."""
@@ -176,7 +183,13 @@ class Attachment:
                     "await a future or use the host's own wait, or detach() first")
             return plain_vwait(loop, var)
 
-        loop.vwait = vwait  # type: ignore[method-assign]
+        # An attribute of this one loop object, shadowing the class's method
+        # until detach().  (The loop has no public hook for this yet.)
+        try:
+            loop.vwait = vwait  # type: ignore[method-assign]
+        except AttributeError:           # a Loop without __dict__: no guard
+            return
+        self._guarded = True
 
     def __repr__(self) -> str:
         state = "attached" if self._attached else "detached"
@@ -338,6 +351,7 @@ class TkAttachment(Attachment):
         # When the widget goes, so does the attachment: a Tcl timer or file
         # handler must not outlive what it was set up for.  ("+" keeps the
         # application's own <Destroy> bindings.)
+        self._path = str(widget)
         self._bind_id: str | None = widget.bind("<Destroy>", self._destroyed, "+")
         self._guard_vwait()
         _attached[loop] = self
@@ -347,8 +361,10 @@ class TkAttachment(Attachment):
         self._service()
 
     def _destroyed(self, event: Any) -> None:
-        # A toplevel's <Destroy> binding also fires for each child.
-        if event.widget is self.widget:
+        # A toplevel's <Destroy> binding also fires for each child.  By path
+        # name: tkinter gives the name alone for a widget it can no longer
+        # look up.
+        if str(event.widget) == self._path:
             self.detach()
 
     def _host_gone(self) -> bool:
@@ -396,8 +412,16 @@ class TkAttachment(Attachment):
         self._tk.deletefilehandler(self._fd)
         if self._bind_id is not None:
             bind_id, self._bind_id = self._bind_id, None
+            # Our line only: tkinter's unbind(seq, funcid) (before 3.13)
+            # removes every binding of the sequence, the program's too.
             try:
-                self.widget.unbind("<Destroy>", bind_id)
+                script = self._tk.call("bind", self._path, "<Destroy>")
+                kept = "\n".join(line for line in str(script).split("\n") if bind_id not in line)
+                self._tk.call("bind", self._path, "<Destroy>", kept)
+            except self._tcl_error:
+                pass                      # the widget is gone, and its bindings
+            try:
+                self.widget.deletecommand(bind_id)
             except self._tcl_error:
                 pass
 

@@ -210,6 +210,28 @@ def test_detach_stops_evloop_callbacks(loop):
     b.close()
 
 
+def test_detach_from_an_evloop_callback_stops_the_service_at_once(loop):
+    fires = 0
+
+    async def main():
+        handle = evloop.attach_asyncio()
+
+        def chain():
+            nonlocal fires
+            fires += 1
+            if fires == 3:
+                handle.detach()
+            loop.after(0, chain)
+
+        await handle.call(lambda done: (loop.after(0, chain), loop.after(0, done)))
+        await asyncio.sleep(0.02)
+        return fires
+
+    assert asyncio.run(main()) == 3
+    loop.run_once(0)
+    assert fires == 4                      # the chain was left pending, not lost
+
+
 def test_callback_exception_goes_to_bgerror_not_to_asyncio(loop):
     errors = []
     loop.bgerror(errors.append)

@@ -226,3 +226,17 @@ def test_attach_twice_is_refused(loop, root):
         evloop.attach_tk(root)
     handle.detach()
     evloop.attach_tk(root).detach()
+
+
+def test_the_programs_own_destroy_binding_survives_attach_and_detach(loop, xdisplay):
+    tk = tkinter.Tk(screenName=xdisplay)
+    tk.withdraw()
+    seen = []
+    tk.bind("<Destroy>", lambda e: seen.append(str(e.widget)), "+")
+    evloop.attach_tk(tk).detach()
+    handle = evloop.attach_tk(tk)
+    loop.after(5, tk.destroy)
+    handle.wakeup()
+    tk.mainloop()
+    assert seen == ["."]
+    assert not handle.attached
