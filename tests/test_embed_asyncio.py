@@ -10,6 +10,7 @@ import pytest
 
 import evloop
 from evloop.embed import MAX_PASSES
+from portalloc import AsyncPortAllocator, PortManagerUnavailable
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -330,3 +331,26 @@ def test_attach_twice_or_without_a_running_loop_is_refused(loop):
         evloop.attach_asyncio().detach()   # after detach(), again is fine
 
     asyncio.run(main())
+
+
+def test_an_asyncio_service_awaits_the_port_managers_non_blocking_client(loop, portmgr):
+    async def main():
+        handle = evloop.attach_asyncio()
+        alloc = AsyncPortAllocator("127.0.0.1", portmgr.port, loop=loop, timeout=5)
+        try:
+            port = await handle.call(alloc.allocate_port, "aio service")
+            rows = await handle.call(alloc.list_ports)
+            alloc.release()
+            after = await handle.call(alloc.list_ports)
+            # A manager that is not there: the error is raised by the await.
+            nobody = AsyncPortAllocator("127.0.0.1", 1, loop=loop, timeout=5)
+            with pytest.raises(PortManagerUnavailable):
+                await handle.call(nobody.list_ports)
+        finally:
+            handle.detach()
+        return port, rows, after
+
+    port, rows, after = asyncio.run(main())
+    assert portmgr.low <= port <= portmgr.high
+    assert [(r.port, r.application) for r in rows] == [(port, "aio service")]
+    assert after == []
