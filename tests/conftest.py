@@ -279,7 +279,9 @@ def xdisplay():
         pytest.skip("Xvfb did not start")
     display = f":{n}"
     try:
-        tkinter.Tk(screenName=display).destroy()
+        probe = tkinter.Tk(screenName=display)
+        probe.update_idletasks()            # no idle ttk work left for a later root
+        probe.destroy()
     except tkinter.TclError as exc:
         proc.kill()
         proc.wait(10)

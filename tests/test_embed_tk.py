@@ -22,6 +22,10 @@ def root(xdisplay):
     tk.withdraw()
     yield tk
     try:
+        # Idle work first: Tk queues an idle ttk::ThemeChanged for a new
+        # root, and the thread's notifier (shared by every root) would run
+        # it in a later test, after this root is gone, printing an error.
+        tk.update_idletasks()
         tk.destroy()
     except tkinter.TclError:
         pass                                # the test destroyed it
@@ -181,6 +185,7 @@ def test_destroying_the_root_detaches_cleanly(loop, xdisplay, capfd):
     tk = tkinter.Tk(screenName=xdisplay)
     tk.withdraw()
     tkinter.Label(tk, text="child").pack()
+    tk.update_idletasks()                   # see the root fixture
     handle = evloop.attach_tk(tk)
     loop.after(60_000, lambda: None)        # a far timer: Tk holds an after id
     handle.wakeup()
@@ -233,6 +238,7 @@ def test_the_programs_own_destroy_binding_survives_attach_and_detach(loop, xdisp
     tk.withdraw()
     seen = []
     tk.bind("<Destroy>", lambda e: seen.append(str(e.widget)), "+")
+    tk.update_idletasks()
     evloop.attach_tk(tk).detach()
     handle = evloop.attach_tk(tk)
     loop.after(5, tk.destroy)

@@ -32,6 +32,10 @@ def root(xdisplay):
     tk = tkinter.Tk(screenName=xdisplay)
     yield tk
     try:
+        # Idle work first: Tk queues an idle ttk::ThemeChanged for a new
+        # root, and the thread's notifier (shared by every root) would run
+        # it in a later test, after this root is gone, printing an error.
+        tk.update_idletasks()
         tk.destroy()
     except tkinter.TclError:
         pass
