@@ -189,12 +189,16 @@ def test_detach_stops_evloop_callbacks(loop):
 
     async def main():
         handle = evloop.attach_asyncio()
+
+        def first(done):
+            def readable():
+                ran.append(a.recv(10))
+                done()
+            loop.fileevent(a, "readable", readable)
+            b.send(b"one")
+
+        await handle.call(first)
         loop.fileevent(a, "readable", lambda: ran.append(a.recv(10)))
-        b.send(b"one")
-        await handle.call(lambda done: loop.after(0, done))
-        # a's readable handler ran in the same service as the timer, or the next.
-        while not ran:
-            await asyncio.sleep(0.001)
         handle.detach()
         assert not handle.attached
         loop.after(0, ran.append, "timer")
