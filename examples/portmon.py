@@ -101,7 +101,9 @@ class PortMonitor:
         for host, port in hosts:
             alloc = AsyncPortAllocator(host, port, loop=self.loop, timeout=timeout)
             shown = f"[{host}]" if ":" in host else host
-            self.managers.append(_Manager(f"{shown}:{alloc.port}", alloc))
+            label = f"{shown}:{alloc.port}"
+            if all(m.label != label for m in self.managers):     # each once
+                self.managers.append(_Manager(label, alloc))
 
         root.title("Port manager allocations")
         frame = ttk.Frame(root, padding=6)
