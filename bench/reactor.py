@@ -44,6 +44,14 @@ accept
     protocols, no transports), so evloop also pays for its channel layer
     (decoding, line splitting, output queueing) here.
 
+attached
+    The ping-pong workload (no idle fds) with evloop attached to a
+    running asyncio loop (``evloop.attach_asyncio``), against evloop alone
+    and asyncio alone; target: attached/evloop >= 0.75x.  A second row
+    puts one end on asyncio (``add_reader``) and the other on evloop, so
+    every round trip crosses from one loop to the other (no target; it
+    shows the cost of a service: one asyncio wake-up, two ``run_once(0)``).
+
 Flatness checks (ns per event, lower is better, should not grow):
 ping-pong with 0 vs 5,000 idle descriptors, and a chain of zero-delay
 timers (each fire schedules the next, one loop pass per fire) with 1k vs
@@ -536,6 +544,78 @@ def pingpong_callback_style(loop, n: int, idle: int) -> tuple[float, int]:
     return t, n
 
 
+def pingpong_attached(n: int, mixed: bool = False) -> tuple[float, int]:
+    """Ping-pong on evloop attached to asyncio; ``mixed``: end b on asyncio."""
+    aio = _new_asyncio_loop()
+    loop = _new_evloop()
+    loop.bgerror(lambda exc: (loop._bench_errors.append(exc), aio.stop()))
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    a_recv, a_send, b_recv, b_send = a.recv, a.send, b.recv, b.send
+    count = 0
+
+    def on_a():
+        nonlocal count
+        a_recv(1)
+        count += 1
+        if count == n:
+            aio.stop()
+        else:
+            a_send(b"x")
+
+    def on_b():
+        b_recv(1)
+        b_send(b"x")
+
+    loop.fileevent(a, "readable", on_a)
+    if mixed:
+        aio.add_reader(b.fileno(), on_b)
+    else:
+        loop.fileevent(b, "readable", on_b)
+    handle = evloop.attach_asyncio(aio, loop=loop)
+    t0 = _timer()
+    a_send(b"x")
+    aio.run_forever()
+    t = _timer() - t0
+    handle.detach()
+    loop.fileevent(a, "readable", None)
+    if mixed:
+        aio.remove_reader(b.fileno())
+    else:
+        loop.fileevent(b, "readable", None)
+    a.close()
+    b.close()
+    _check(loop)
+    _check(aio)
+    _close_loop(aio)
+    _close_loop(loop)
+    return t, n
+
+
+def _attached_table(n: int, repeat: int) -> None:
+    """Measure and print the rows of the "attached" workload."""
+    runs = {"evloop alone": lambda: pingpong_evloop(n, 0),
+            "asyncio alone": lambda: pingpong_callback_style(_new_asyncio_loop(), n, 0),
+            "attached": lambda: pingpong_attached(n),
+            "mixed": lambda: pingpong_attached(n, mixed=True)}
+    best: dict[str, float | None] = dict.fromkeys(runs)
+    for _ in range(repeat):  # interleaved, as the other workloads
+        for name, fn in runs.items():
+            rate = _measure(fn, 1)
+            if best[name] is None or rate > best[name]:
+                best[name] = rate
+    ev, aio = best["evloop alone"], best["asyncio alone"]
+    print(f"\nEmbedding ({n:,} ping-pong round trips/s):\n")
+    print("| workload | evloop alone | asyncio alone | attached | attached/evloop | attached/asyncio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, label in (("attached", "both ends on evloop attached to asyncio"),
+                        ("mixed", "one end on evloop attached, one on asyncio")):
+        print(f"| {label} | {_fmt_rate(ev)} | {_fmt_rate(aio)} | {_fmt_rate(best[name])} | "
+              f"{_fmt_ratio(best[name], ev)} | {_fmt_ratio(best[name], aio)} |")
+    print("\nTarget: attached (both ends on evloop)/evloop alone >= 0.75x.")
+
+
 # ---------------------------------------------------------------------------
 # Workload: accept + connect + one line each way, on loopback.
 # ---------------------------------------------------------------------------
@@ -816,6 +896,7 @@ def _workloads(scale: float) -> dict[str, dict]:
 
 MAIN = ("timers", "cancel", "pingpong", "pingpong_idle", "accept")
 FLAT = ("chain_1k", "chain_200k")
+EMBED = ("attached",)  # measured and printed by _attached_table
 
 
 def _measure(fn, repeat: int) -> float | None:
@@ -938,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every count (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="keep the best of N runs (default 3)")
     p.add_argument("--only", action="append", default=[],
-                   help=f"workload(s) to run, comma-separated; any of {', '.join(MAIN + FLAT)}"
+                   help=f"workload(s) to run, comma-separated; any of {', '.join(MAIN + FLAT + EMBED)}"
                         ", or 'flat' for the flatness checks")
     p.add_argument("--impl", action="append", default=[],
                    help="implementation(s) to run, comma-separated (default all)")
@@ -956,13 +1037,13 @@ def main(argv: list[str] | None = None) -> int:
     _timer = perf_counter if args.clock == "wall" else process_time
     only = [x for arg in args.only for x in arg.split(",") if x]
     if not only:
-        names = list(MAIN + FLAT)
+        names = list(MAIN + FLAT + EMBED)
     else:
         names = []
         for x in only:
             if x == "flat":
                 names += FLAT
-            elif x in MAIN + FLAT:
+            elif x in MAIN + FLAT + EMBED:
                 names.append(x)
             else:
                 p.error(f"unknown workload {x!r}")
@@ -981,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         if args.profile not in impls:
             p.error(f"cannot profile {args.profile}")
-        _profile(workloads, names, args.profile, args.top)
+        _profile(workloads, [n for n in names if n not in EMBED], args.profile, args.top)
         return 0
 
     print(f"Python {platform.python_version()} on {platform.system()} {platform.release()}, "
@@ -991,7 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
           "plain sockets, no protocols)\n")
 
     results: dict[str, dict[str, float | None]] = {}
-    for name in names:
+    for name in [n for n in names if n not in EMBED]:
         results[name] = {impl: None for impl in IMPLS}
         best: dict[str, float | None] = {impl: None for impl in impls}
         for _ in range(args.repeat):  # interleave implementations
@@ -1033,6 +1114,9 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = (_fmt_ratio(small[impl], large[impl]))
                 print(f"| {label} | {impl} | {small_l}: {_fmt_ns(small[impl], per)} | "
                       f"{large_l}: {_fmt_ns(large[impl], per)} | {ratio} |")
+
+    if "attached" in names and "evloop" in impls:
+        _attached_table(max(1, int(100_000 * args.scale)), args.repeat)
 
     if args.tcl:
         tcl = run_tcl(args.scale, args.tcl_timer_cap)

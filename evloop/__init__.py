@@ -31,6 +31,7 @@ from typing import Any
 from .loop import Loop, Var, get_loop, set_loop  # first: it imports channel
 from .channel import Channel
 # isort: on
+from .embed import attach_asyncio, attach_tk
 from .sockets import Server, open, open_async, server
 from .timers import TimerId
 
@@ -39,6 +40,7 @@ __all__ = [
     "get_loop", "set_loop", "open_async", "open", "server",
     "fileevent", "after", "after_idle", "after_cancel", "after_info",
     "vwait", "update", "bgerror", "call_soon_threadsafe", "run", "stop",
+    "attach_asyncio", "attach_tk",
 ]
 
 

@@ -207,3 +207,85 @@ def portmgr(tmp_path):
     pm.proc.wait(10)
     if pm.proc.stderr:
         pm.proc.stderr.close()
+
+
+# --- X display fixture (Tk tests) ---
+# A private Xvfb server for the session, on a display number nobody uses
+# (no socket, no lock file; other test runs may share /tmp), counted from
+# one that depends on our pid so that parallel runs start apart.  Xvfb
+# writes the number to a pipe once it accepts connections (-displayfd): no
+# sleeping.  If the number was taken meanwhile, Xvfb exits and the next
+# one is tried.
+
+import select as _x_select  # noqa: E402
+
+
+def _x_free(n: int) -> bool:
+    if Path(f"/tmp/.X11-unix/X{n}").exists() or Path(f"/tmp/.X{n}-lock").exists():
+        return False
+    try:                                     # abstract sockets: no file to see
+        with open("/proc/net/unix") as f:
+            return f"@/tmp/.X11-unix/X{n}\n" not in f.read()
+    except OSError:
+        return True
+
+
+def _start_xvfb(xvfb: str, n: int):
+    """Xvfb on display ``n``; (process, True) once it is ready, or
+    (None, False) if it exited or did not start within 10 s."""
+    rfd, wfd = os.pipe()
+    proc = _pm_subprocess.Popen(
+        [xvfb, f":{n}", "-displayfd", str(wfd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(wfd,), stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.DEVNULL)
+    os.close(wfd)
+    # Xvfb writes the number and the newline separately, and dies if the
+    # pipe is closed between the two: read up to the newline.
+    said, deadline = b"", _pm_time.monotonic() + 10.0
+    try:
+        while not said.endswith(b"\n"):
+            ready, _, _ = _x_select.select([rfd], [], [], max(0.0, deadline - _pm_time.monotonic()))
+            chunk = os.read(rfd, 64) if ready else b""
+            if not chunk:
+                break                        # exited, or too slow
+            said += chunk
+    finally:
+        os.close(rfd)
+    said = said.decode().strip()
+    if said == str(n) and Path(f"/tmp/.X11-unix/X{n}").exists():
+        return proc, True
+    proc.kill()
+    proc.wait(10)
+    return None, False
+
+
+@pytest.fixture(scope="session")
+def xdisplay():
+    """The name (``:N``) of a running Xvfb display; skips where Xvfb or
+    tkinter is missing or Tk can't open the display."""
+    try:
+        import tkinter
+    except ImportError:
+        pytest.skip("tkinter is not available")
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("Xvfb is not installed")
+    proc, first = None, 100 + os.getpid() % 800
+    for n in range(first, first + 50):
+        if _x_free(n):
+            proc, ok = _start_xvfb(xvfb, n)
+            if ok:
+                break
+    if proc is None:
+        pytest.skip("Xvfb did not start")
+    display = f":{n}"
+    try:
+        probe = tkinter.Tk(screenName=display)
+        probe.update_idletasks()            # no idle ttk work left for a later root
+        probe.destroy()
+    except tkinter.TclError as exc:
+        proc.kill()
+        proc.wait(10)
+        pytest.skip(f"Tk can't open the Xvfb display: {exc}")
+    yield display
+    proc.terminate()
+    proc.wait(10)
