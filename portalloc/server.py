@@ -298,7 +298,10 @@ class PortManagerServer:
         self._unix = host.startswith("/")
         self._server = evloop.server(self._accept, port, host, loop=self.loop)
         self.port: int = self._server.port
-        self._schedule_commit()          # the first usage file: empty
+        # The first usage file (empty) is there before main() writes
+        # listen.port, which tells the world the server is ready.
+        if self._usage_dirty:
+            self._write_usage()
 
     def __repr__(self) -> str:
         return (f"<PortManagerServer port {self.port}: {len(self._clients)} clients, "
