@@ -60,6 +60,9 @@ _SOCKID_TAIL = struct.Struct("=III")
 # expires, rqueue, wqueue, uid, inode.
 _UID_OFFSET = 4 + 48 + 12
 
+# Errors that say "not now" rather than "never here".
+_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
 _nl: socket.socket | None = None      # one netlink socket per process, kept
 _nl_broken = False
 _seq = 0
@@ -94,16 +97,27 @@ def _families(client: str, server: str) -> tuple[tuple[int, str, str], ...]:
     return ()
 
 
-def peer_uid_netlink(client: tuple[str, int], server: tuple[str, int]) -> int | None:
-    """The uid owning the TCP socket whose local end is ``client`` and whose
-    peer is ``server``, by an exact NETLINK_SOCK_DIAG lookup; None when no
-    such socket exists.  Raises OSError when netlink itself is refused."""
-    global _nl, _seq
+def open_netlink() -> None:
+    """Open the process's netlink socket now, if it is not open yet.
+
+    A server calls this at start, so that the descriptor it costs is taken
+    before clients fill the descriptor table (a first lookup at the limit
+    would fail with EMFILE).  Raises OSError when netlink is refused."""
+    global _nl
     if _nl is None:
         nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                            _NETLINK_SOCK_DIAG)
         nl.settimeout(1.0)          # the kernel answers inside sendto(); a bound anyway
         _nl = nl
+
+
+def peer_uid_netlink(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """The uid owning the TCP socket whose local end is ``client`` and whose
+    peer is ``server``, by an exact NETLINK_SOCK_DIAG lookup; None when no
+    such socket exists.  Raises OSError when netlink itself is refused."""
+    global _seq
+    open_netlink()
+    assert _nl is not None
     for family, caddr, saddr in _families(client[0], server[0]):
         _seq = (_seq + 1) & 0xFFFFFFFF
         body = (_REQ.pack(family, socket.IPPROTO_TCP, 0, _ALL_STATES)
@@ -179,8 +193,9 @@ def peer_uid(sock: socket.socket) -> int | None:
         if not _nl_broken and sys.platform.startswith("linux"):
             try:
                 return peer_uid_netlink(client, server)
-            except OSError:
-                _nl_broken = True       # refused here: /proc from now on
+            except OSError as exc:
+                if exc.errno not in _SHORTAGES:
+                    _nl_broken = True   # refused here: /proc from now on
         return peer_uid_proc(client, server)
     except (OSError, ValueError):
         return None

@@ -109,7 +109,7 @@ import evloop
 
 from . import __version__
 from .files import PidFile, PidFileLocked, make_directory, open_append, unsafe_directory, write_atomically
-from .peer import peer_uid
+from .peer import open_netlink, peer_uid
 from .pool import PoolExhausted, PortPool, probe_port
 from .protocol import decode_line, encode_line, format_list, lsort_key, parse_list
 
@@ -904,6 +904,10 @@ def _run(args: argparse.Namespace, prog: str, pidfile: PidFile,
     limit = _raise_nofile_limit()
     if limit:
         log.info("%s", limit)
+    try:
+        open_netlink()          # its descriptor now, not at the limit later
+    except OSError:
+        pass                    # peer_uid reads /proc instead
     previous_loop = evloop.set_loop(loop)
     try:
         pidfile.write(os.getpid())
