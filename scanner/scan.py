@@ -404,8 +404,6 @@ class Scanner:
         limit = self._limit if upto is None else min(upto, self._limit)
         try:
             while self._busy < limit and not self.finished:
-                if self._interval and self._throttled():
-                    break
                 if ready:
                     host, port, name = ready.popleft()
                 elif self._exhausted:
@@ -427,6 +425,9 @@ class Scanner:
                         self._skip_one()
                         continue
                     name = None
+                if self._interval and self._throttled():
+                    ready.appendleft((host, port, name))
+                    break
                 if not self._connect(host, port, name):
                     break                       # out of descriptors
                 limit = min(limit, self._limit)
@@ -471,8 +472,6 @@ class Scanner:
         if self._interval:
             now = loop.time()
             self._due = (self._due if self._due > now else now) + self._interval
-        if self._starved_since is not None:
-            self._starved_since = None
         if self._sealing is None:
             self._sealing = loop.after(0, self._seal)
         self._flight[ch] = (self._batch, host, port, name)
@@ -619,6 +618,8 @@ class Scanner:
     def _complete(self, host: str, port: int, state: str, detail: str,
                   name: str | None, banner: str | None = None) -> None:
         """Count one result and hand it to ``on_result``."""
+        if self._starved_since is not None:     # a connect got somewhere
+            self._starved_since = None
         self._busy -= 1
         self.done += 1
         self.counts[state] += 1
