@@ -32,7 +32,7 @@ from scanner import Scanner, classify, scan
 from scanner.files import read_results_file
 from scanner.order import Order, parse_shard
 from scanner.scan import BANNER_MAX
-from scanner.targets import Targets, iter_pairs, parse_ports
+from scanner.targets import Targets, iter_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(30)
