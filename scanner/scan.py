@@ -3,14 +3,24 @@
 How a target moves from queued to classified
 --------------------------------------------
 A scan starts from a `Targets` and a port list, both parsed before anything
-is sent (a bad one raises ``ValueError``).  Nothing is expanded up front:
-``iter_pairs`` hands out one ``(host, port)`` pair at a time, so a /8 costs
-what its in-flight connections cost, never a list of sixteen million.
+is sent (a bad one raises ``ValueError``, as does any other bad argument).
+Nothing is expanded up front: an `Order` (``scanner.order``) numbers every
+pair and hands out this scan's share of them -- all, or one shard; in the
+plain order or a seeded pseudo-random one -- one ``(host, port)`` at a
+time, so a /8 costs what its in-flight connections cost, never a list of
+sixteen million.  A pair in ``skip`` (a resumed scan) is dropped as it
+comes out and no longer counted in ``total``.
 
 *Queued.*  A pair waits in that lazy iterator, or -- if it was tried once
 and the kernel had no room for it, or it is the address a host name
-resolved to -- at the front of a small ``ready`` deque, which is always
-served first, so such a pair keeps its place in line.
+resolved to, or the rate limit held it back -- at the front of a small
+``ready`` deque, which is always served first, so such a pair keeps its
+place in line.
+
+*Rate.*  With ``rate``, connects follow a virtual schedule on the loop's
+clock (GCRA): the next may start once ``loop.time()`` reaches its due
+time, less a 10 ms tolerance for a timer that woke late; when it is not
+yet due, one timer brings the scan back then.
 
 *Slots.*  At most ``concurrency`` pairs are between "taken from the queue"
 and "classified" at any moment.  The default is the soft ``RLIMIT_NOFILE``
@@ -21,9 +31,14 @@ local port: "could not try", which says nothing about the target), the pair
 goes back to the front of the queue, the limit drops to the number of
 connections in flight, and each completion frees a slot for it again.  The
 limit creeps back up as results come in, in case the shortage was someone
-else's.  If nothing at all is in flight, a short ``after`` tries again.  So
-running out of descriptors delays a target; it never drops or misreports
-one.
+else's.  EADDRNOTAVAIL (no free local port towards that destination) is
+kept on the channel by ``open_async`` and read at ``writable``; it is
+handled the same way.  If nothing at all is in flight, a short ``after``
+tries again; a shortage that lasts a second of loop time with nothing in
+flight will not end by itself (the program's own descriptors fill the
+limit), and the scan stops: ``failure`` holds the OSError, ``on_done``
+runs, `scan` raises it.  So running out of descriptors delays a target; it
+never drops or misreports one, and never spins.
 
 *Host names* take a slot while a worker thread resolves them (`Resolver`,
 results come back through ``loop.call_soon_threadsafe``; each name is looked
@@ -50,7 +65,9 @@ and at most one pass longer; a /16 needs a few dozen timers instead of
 
 *Classified.*  On ``writable``, ``ch.error()`` -- Tcl's ``fconfigure
 -error``, read exactly once -- decides: ``None`` is ``open`` (the detail is
-``ch.peername()``), ECONNREFUSED is ``refused``, EHOSTUNREACH, ENETUNREACH,
+``ch.peername()``; so is ECONNRESET or EPIPE: the peer accepted and reset
+before we looked, and only a completed handshake can be reset),
+ECONNREFUSED is ``refused``, EHOSTUNREACH, ENETUNREACH,
 EACCES and EPERM are ``unreachable``, anything else (EINVAL from a
 blackhole route, ...) is ``error`` with the OS message.  On a loopback or
 LAN refusal, ``connect()`` returns EINPROGRESS with ``SO_ERROR`` already
@@ -59,6 +76,11 @@ before the writable handler, or a refused port reads as open.  When its
 batch's timer fires first the pair is a ``timeout`` -- unless the kernel already
 holds an error for the socket (an ICMPv6 unreachable is kept as a soft
 error until the SYN is retried), which is then the answer.
+
+*Banner.*  With ``banner``, an open connection keeps its slot: the channel
+turns binary, its ``writable`` handler makes way for a ``readable`` one, and
+what the peer sends first is collected until `BANNER_MAX` bytes, end of
+file (or a reset), or ``banner_timeout``; the result then carries it.
 
 *Reported.*  The `Result` goes to ``on_result``; the counters (``done``,
 ``total``, ``counts``) are updated before, so a progress display called
