@@ -474,3 +474,26 @@ def test_example_handler_survives_a_reset_between_error_and_peername(ports, loop
     wait_for(loop, lambda: ex.nodes.get() == 0, timeout=3)
     assert errors == []
     assert ex.hosts == {ports.host: f"{ports.host} {ports.host} {port}"}
+
+
+# ------------------------------------------------------------- test subnet
+
+def test_testnet_banners_of_the_open_hosts(tnet, testnet_module):
+    spec = f"{tnet['subnet'].rsplit('.', 1)[0]}.1-12"
+    port = tnet["ports"][0]
+    with testnet_module.inside(tnet["name"]):
+        results = list(scan(spec, port, timeout=1.0, banner=True, banner_timeout=1.0))
+    opened = {r.host: r.banner for r in results if r.state == "open"}
+    assert opened == {h: f"testnet open {h} {port}\r\n" for h in Targets(
+        f"{tnet['subnet'].rsplit('.', 1)[0]}.1-10")}
+    assert all(r.banner is None for r in results if r.state != "open")
+
+
+def test_testnet_shards_with_randomize_match_the_truth(tnet, testnet_module):
+    spec = f"{tnet['subnet'].rsplit('.', 1)[0]}.1-40"
+    results = []
+    with testnet_module.inside(tnet["name"]):
+        for i in range(3):
+            results += scan(spec, 80, timeout=1.0, shard=(i, 3), randomize=True, seed=9)
+    assert sorted(r.host for r in results) == sorted(Targets(spec))
+    assert all(r.state == testnet_module.expected(tnet, r.host, 80)["result"] for r in results)
