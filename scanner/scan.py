@@ -102,6 +102,7 @@ from __future__ import annotations
 import errno
 import math
 import resource
+import select
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -153,11 +154,16 @@ _STARVED_SECONDS = 1.0
 _AFTER_CONNECT = frozenset({errno.ECONNRESET, errno.EPIPE})
 #: Bytes of a banner kept at most.
 BANNER_MAX = 256
+# Linux: the probes get an epoll of their own (see the module notes).
+_EPOLLOUT = getattr(select, "EPOLLOUT", 0)
 # Bursts a rate limit allows (seconds of its rate): timers wake the loop a
 # little late, and the connects owed are then started at once.
 _RATE_TOLERANCE = 0.01
 _UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH,
                           errno.EACCES, errno.EPERM})
+
+
+_new_tuple = tuple.__new__
 
 
 class Result(NamedTuple):
@@ -197,6 +203,11 @@ def classify(error: OSError | None) -> str:
     if code in _AFTER_CONNECT:
         return OPEN
     return ERROR
+
+
+# Errors whose errno alone is the answer (no peer name, no banner, no retry).
+_FINAL = {errno.ECONNREFUSED: REFUSED,
+          **dict.fromkeys(_UNREACHABLE, UNREACHABLE)}
 
 
 def default_concurrency() -> int:
@@ -324,8 +335,11 @@ class Scanner:
         self._pairs = iter(self.order)
         self._ready: deque[tuple[str, int, str | None]] = deque()
         self._exhausted = False
-        # In start order: channel -> (batch, host, port, name).
-        self._flight: dict[Channel, tuple[int, str, int, str | None]] = {}
+        # In start order: descriptor -> (batch, channel, host, port, name).
+        self._flight: dict[int, tuple[int, Channel, str, int, str | None]] = {}
+        # The probes' own epoll (see _Probes in the module notes), or None:
+        # each channel then has a writable fileevent of its own.
+        self._ep: Any = None
         self._batch = 0              # the batch connects started now join
         self._sealing: TimerId | None = None   # ends the open batch this pass
         self._expiries: deque[TimerId] = deque()   # one per sealed batch
@@ -368,6 +382,13 @@ class Scanner:
         if self.started_at is not None:
             raise RuntimeError("Scanner already started")
         self.started_at = self.loop.time()
+        if _EPOLLOUT:
+            try:
+                self._ep = select.epoll()
+            except OSError:
+                self._ep = None             # no descriptor for it: per channel
+            else:
+                self.loop.fileevent(self._ep.fileno(), "readable", self._on_ready)
         self._kick = self.loop.after(0, self._refill)
         return self
 
@@ -385,8 +406,8 @@ class Scanner:
     def _stop(self) -> None:
         loop = self.loop
         loop.after_cancel(self._kick)
-        for ch in self._flight:
-            ch.close(force=True)
+        for probe in self._flight.values():
+            probe[1].close(force=True)
         self._flight.clear()
         for ch, entry in self._banners.items():
             loop.after_cancel(entry[5])
@@ -496,8 +517,12 @@ class Scanner:
             self._due = (self._due if self._due > now else now) + self._interval
         if self._sealing is None:
             self._sealing = loop.after(0, self._seal)
-        self._flight[ch] = (self._batch, host, port, name)
-        loop.fileevent(ch, "writable", self._on_writable, ch)
+        fd = ch.fileno()
+        self._flight[fd] = (self._batch, ch, host, port, name)
+        if self._ep is not None:
+            self._ep.register(fd, _EPOLLOUT)
+        else:
+            loop.fileevent(ch, "writable", self._on_writable, ch)
         return True
 
     def _no_room(self, host: str, port: int, name: str | None, exc: OSError) -> None:
@@ -546,9 +571,51 @@ class Scanner:
 
     # ------------------------------------------------------- classifying
 
+    def _on_ready(self) -> None:
+        """The probes' epoll is readable: classify every connect that
+        ended, then refill the slots once.  No connect starts while the
+        events of one poll are handled, so a descriptor number that a
+        classified probe gave back cannot be taken by a new probe and then
+        receive the old one's event."""
+        ep = self._ep
+        if ep is None:
+            return
+        pop = self._flight.pop
+        classify_one = self._classify
+        complete = self._complete
+        final = _FINAL
+        ended = 0
+        for fd, _ in ep.poll(0):
+            entry = pop(fd, None)
+            if entry is None:
+                continue
+            ended += 1
+            ch = entry[1]
+            err = ch.error()
+            # The usual case on a subnet (refused, unreachable) inline: the
+            # errno alone decides.
+            if err is not None and err.errno in final:
+                ch.close(force=True)
+                complete(entry[2], entry[3], final[err.errno], _message(err), entry[4])
+            else:
+                classify_one(ch, err, entry[2], entry[3], entry[4])
+            if self.finished:
+                return
+        self._fill(self._busy + 2 * ended)  # replace them, and grow
+
     def _on_writable(self, ch: Channel) -> None:
-        _, host, port, name = self._flight.pop(ch)
-        err = ch.error()
+        """The writable handler of one channel (without the probes' epoll)."""
+        _, _, host, port, name = self._flight.pop(ch.fileno())
+        self._classify(ch, ch.error(), host, port, name)
+        if not self.finished:
+            self._fill(self._busy + 2)     # replace itself, and grow
+
+    def _classify(self, ch: Channel, err: OSError | None, host: str, port: int,
+                  name: str | None) -> None:
+        """The connect of ``ch`` ended with ``err`` (what ``ch.error()``
+        said): report it (or, for an open port with ``banner``, go on to
+        read the banner; for a local shortage, queue the pair again).
+        Starts no connect."""
         if err is None or err.errno in _AFTER_CONNECT:
             try:
                 detail = _hostport(*ch.peername())
@@ -565,14 +632,12 @@ class Scanner:
             ch.close(force=True)
             self._busy -= 1
             self._no_room(host, port, name, err)
-            self._fill()
             return
         else:
             state = classify(err)
             detail = _message(err)
-        ch.close(force=True)
+        ch.close(force=True)        # also leaves the probes' epoll
         self._complete(host, port, state, detail, name)
-        self._fill(self._busy + 2)     # replace itself, and grow
 
     def _read_banner(self, ch: Channel, host: str, port: int, name: str | None,
                      detail: str) -> None:
@@ -580,7 +645,10 @@ class Scanner:
         says first, until `BANNER_MAX` bytes, end of file or the banner
         timeout."""
         loop = self.loop
-        loop.fileevent(ch, "writable", None)
+        if self._ep is not None:
+            self._ep.unregister(ch.fileno())
+        else:
+            loop.fileevent(ch, "writable", None)
         ch.configure(translation="binary")
         timer = loop.after(self.banner_timeout * 1000.0, self._banner_over, ch)
         self._banners[ch] = [host, port, name, detail, bytearray(), timer]
@@ -618,12 +686,12 @@ class Scanner:
         """The timeout of ``batch``: its pairs still in flight timed out."""
         self._expiries.popleft()
         expired = []
-        for ch, entry in self._flight.items():      # oldest first
+        for fd, entry in self._flight.items():      # oldest first
             if entry[0] > batch:
                 break
-            expired.append(ch)
-        for ch in expired:
-            _, host, port, name = self._flight.pop(ch)
+            expired.append(fd)
+        for fd in expired:
+            _, ch, host, port, name = self._flight.pop(fd)
             # An ICMP error the kernel keeps as a soft error (IPv6 host
             # unreachable during the SYN) is already in SO_ERROR: it is the
             # better answer.  A connect still in progress reads None.
@@ -654,7 +722,8 @@ class Scanner:
             if banner is None and self.banner and state == OPEN:
                 banner = ""
             try:
-                self.on_result(Result(host, port, state, detail, name, banner))
+                # tuple.__new__: the NamedTuple's own __new__ is Python code.
+                self.on_result(_new_tuple(Result, (host, port, state, detail, name, banner)))
             except Exception as exc:
                 self.loop.report(exc)
 
@@ -663,6 +732,10 @@ class Scanner:
             return
         self.finished = True
         self.finished_at = self.loop.time()
+        if self._ep is not None:
+            self.loop.fileevent(self._ep.fileno(), "readable", None)
+            self._ep.close()
+            self._ep = None
         self.loop.after_cancel(self._sealing)
         self.loop.after_cancel(self._kick)
         for timer in self._expiries:

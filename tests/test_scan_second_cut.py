@@ -497,3 +497,23 @@ def test_testnet_shards_with_randomize_match_the_truth(tnet, testnet_module):
             results += scan(spec, 80, timeout=1.0, shard=(i, 3), randomize=True, seed=9)
     assert sorted(r.host for r in results) == sorted(Targets(spec))
     assert all(r.state == testnet_module.expected(tnet, r.host, 80)["result"] for r in results)
+
+
+# ------------------------------------------------- both ways of watching
+
+@pytest.mark.parametrize("own_epoll", [True, False])
+def test_probes_watched_by_their_own_epoll_or_per_channel_give_the_same_answers(
+        ports, loop, monkeypatch, own_epoll):
+    # Linux: the probes share one epoll the loop watches (see scanner.scan);
+    # elsewhere, or without a descriptor for it, each channel has its own
+    # writable fileevent.  Both must classify alike.
+    scan_mod = sys.modules["scanner.scan"]
+    if not own_epoll:
+        monkeypatch.setattr(scan_mod, "_EPOLLOUT", 0)
+    [listener] = ports.listen()
+    closed = ports.closed(20)
+    silent = ports.silent()
+    spec = [listener.getsockname()[1], silent, *closed]
+    results = list(scan(ports.host, spec, timeout=0.3, loop=loop, concurrency=8))
+    assert Counter(r.state for r in results) == Counter(open=1, refused=20, timeout=1)
+    assert loop.after_info() == []
