@@ -78,9 +78,10 @@ COARSE = {"open": "open", "refused": "refused", "closed": "refused",
 
 def _worker_evloop(target: str, port: int, timeout: float, concurrency: int | None) -> None:
     from scanner.scan import scan
-    out = sys.stdout
-    for r in scan(target, port, timeout=timeout, concurrency=concurrency):
-        out.write(f"{r.host} {r.state}\n")
+    # Lines collected and written once, as the bare loop does.
+    out = [f"{r.host} {r.state}\n" for r in scan(target, port, timeout=timeout,
+                                                 concurrency=concurrency)]
+    sys.stdout.write("".join(out))
 
 
 def _worker_bare(target: str, port: int, timeout: float, concurrency: int | None) -> None:

@@ -444,19 +444,21 @@ class Scanner:
         self._filling = True
         ready = self._ready
         skip = self._skip
+        pairs = self._pairs
+        connect = self._connect
         limit = self._limit if upto is None else min(upto, self._limit)
         try:
-            while self._busy < limit and not self.finished:
+            while self._busy < limit:
                 if ready:
                     host, port, name = ready.popleft()
                 elif self._exhausted:
                     break
                 else:
-                    try:
-                        target, port = next(self._pairs)
-                    except StopIteration:
+                    pair = next(pairs, None)
+                    if pair is None:
                         self._exhausted = True
                         break
+                    target, port = pair
                     if type(target) is Name:
                         if skip is not None and (target.key, port) in skip:
                             self._skip_one()
@@ -471,9 +473,8 @@ class Scanner:
                 if self._interval and self._throttled():
                     ready.appendleft((host, port, name))
                     break
-                if not self._connect(host, port, name):
-                    break                       # out of descriptors
-                limit = min(limit, self._limit)
+                if not connect(host, port, name):
+                    break                   # out of descriptors, or finished
         finally:
             self._filling = False
         if self._busy == 0 and not self.finished:
@@ -499,7 +500,8 @@ class Scanner:
         self.skipped += 1
 
     def _connect(self, host: str, port: int, name: str | None) -> bool:
-        """Start one connect; False if the kernel had no room for it."""
+        """Start one connect; False if the kernel had no room for it (the
+        limit is then lowered) or the scan finished meanwhile."""
         loop = self.loop
         try:
             ch = evloop.open_async(host, port, loop)
@@ -510,7 +512,7 @@ class Scanner:
             # No socket for this address at all (EAFNOSUPPORT: no IPv6 here).
             self._busy += 1
             self._complete(host, port, ERROR, _message(exc), name)
-            return True
+            return not self.finished        # on_result may have cancelled
         self._busy += 1
         if self._interval:
             now = loop.time()
@@ -595,8 +597,9 @@ class Scanner:
             # The usual case on a subnet (refused, unreachable) inline: the
             # errno alone decides.
             if err is not None and err.errno in final:
-                ch.close(force=True)
-                complete(entry[2], entry[3], final[err.errno], _message(err), entry[4])
+                ch.close()          # nothing was written: nothing to drain
+                complete(entry[2], entry[3], final[err.errno], err.strerror or str(err),
+                         entry[4])
             else:
                 classify_one(ch, err, entry[2], entry[3], entry[4])
             if self.finished:
