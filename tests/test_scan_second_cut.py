@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -270,7 +271,14 @@ _NOFILE_CHILD = r"""
 import os, resource, sys
 import evloop
 from scanner import scan
-loop = evloop.Loop()
+
+class Fake:                         # the second of waiting passes at once
+    now = 0.0
+    def __call__(self): return self.now
+    def deadline_to_sleep_time(self, d):
+        self.now = max(self.now, d); return 0.0
+
+loop = evloop.Loop(clock=Fake())
 used = len(os.listdir("/proc/self/fd")) - 1     # less listdir's own
 resource.setrlimit(resource.RLIMIT_NOFILE, (used, used))
 try:
@@ -285,7 +293,7 @@ def test_scan_raises_when_not_even_one_socket_can_be_had():
     r = subprocess.run([sys.executable, "-c", _NOFILE_CHILD], capture_output=True, text=True,
                        timeout=20, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.stdout.split() == ["OSError", str(errno.EMFILE)], r.stderr
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 1.0
 
 
 # --------------------------------------------------------------- the order
@@ -306,13 +314,13 @@ def test_shards_are_disjoint_and_cover_every_pair_with_and_without_randomize():
 
 def test_randomized_order_is_fixed_by_the_seed_and_spreads_the_targets():
     targets = Targets("10.0.0.0/16")
-    a = list(Order(targets, [80], randomize=True, seed=3))[:64]
-    b = list(Order(targets, [80], randomize=True, seed=3))[:64]
-    c = list(Order(targets, [80], randomize=True, seed=4))[:64]
+    a = list(itertools.islice(Order(targets, [80], randomize=True, seed=3), 64))
+    b = list(itertools.islice(Order(targets, [80], randomize=True, seed=3), 64))
+    c = list(itertools.islice(Order(targets, [80], randomize=True, seed=4), 64))
     assert a == b and a != c
     # No burst on one /24: 64 consecutive pairs fall in many third octets.
     assert len({h.split(".")[2] for h, _ in a}) > 40
-    assert list(Order(targets, [80]))[:3] == [("10.0.0.0", 80), ("10.0.0.1", 80),
+    assert list(itertools.islice(Order(targets, [80]), 3)) == [("10.0.0.0", 80), ("10.0.0.1", 80),
                                               ("10.0.0.2", 80)]
 
 

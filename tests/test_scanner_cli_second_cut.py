@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from scanner.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,6 +72,25 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, "-m", "scanner", *args], cwd=ROOT, text=True, **kw)
 
 
+class _Done:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``main(args)`` in this process (much faster than a fresh
+    interpreter); returns an object like CompletedProcess."""
+    def run(args):
+        try:
+            code = main(args, prog="python -m scanner")
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return _Done(code, out, err)
+    return run
+
+
 def _json(stdout: str) -> tuple[list[dict], dict]:
     objs = [json.loads(line) for line in stdout.splitlines()]
     assert objs and objs[-1]["type"] == "summary"
@@ -112,14 +133,14 @@ class _Resetter:
 
 
 @pytest.mark.parametrize("mode", ["--json", "--open-only"])
-def test_ports_that_accept_and_reset_are_open_in_a_multi_port_scan(ports, mode):
+def test_ports_that_accept_and_reset_are_open_in_a_multi_port_scan(ports, mode, cli):
     listeners = ports.listen(5)
     resetting = [s.getsockname()[1] for s in listeners]
     closed = ports.closed(40)
     resetter = _Resetter(listeners)
     try:
         spec = ",".join(map(str, resetting + closed))
-        r = _run([ports.host, "-p", spec, "--timeout", "2", mode])
+        r = cli([ports.host, "-p", spec, "--timeout", "2", mode])
     finally:
         resetter.close()
     assert r.returncode == 0, r.stderr
@@ -266,12 +287,12 @@ def test_too_few_descriptors_for_any_socket_exit_3_with_one_line(nofile):
     (["--seed", "abc"], "--seed"),
 ])
 def test_bad_flag_values_exit_2_with_one_line_before_any_connection(ports, tmp_path, args,
-                                                                    message):
+                                                                    message, cli):
     [listener] = ports.listen()
     text = tmp_path / "scan.txt"
     text.write_text(f"{ports.host}:1  refused  Connection refused\n")
     args = [str(text) if a == "TEXTFILE" else a for a in args]
-    r = _run([ports.host, "-p", str(listener.getsockname()[1]), *args])
+    r = cli([ports.host, "-p", str(listener.getsockname()[1]), *args])
     assert r.returncode == 2
     assert r.stdout == ""
     [line] = r.stderr.splitlines()
@@ -281,8 +302,8 @@ def test_bad_flag_values_exit_2_with_one_line_before_any_connection(ports, tmp_p
 
 # ----------------------------------------------------------------- help
 
-def test_help_shows_the_new_flags_and_loopback_examples_only():
-    r = _run(["--help"])
+def test_help_shows_the_new_flags_and_loopback_examples_only(cli):
+    r = cli(["--help"])
     assert r.returncode == 0
     for flag in ("--rate", "--shard", "--randomize", "--seed", "--resume", "-iL",
                  "--exclude-file", "--banner", "--banner-timeout", "--version"):
@@ -302,30 +323,30 @@ def test_version():
 # ------------------------------------------------------------- sharding
 
 @pytest.mark.parametrize("randomize", [[], ["--randomize", "--seed", "42"]])
-def test_shards_on_the_command_line_are_disjoint_and_cover_the_scan(ports, randomize):
+def test_shards_on_the_command_line_are_disjoint_and_cover_the_scan(ports, randomize, cli):
     closed = ports.closed(3)
     base = ports.host.rsplit(".", 1)[0]
     args = [f"{base}.0/27", ports.host, "-p", ",".join(map(str, closed)), "--json",
             "--timeout", "1"] + randomize
-    whole, _ = _json(_run(args).stdout)
+    whole, _ = _json(cli(args).stdout)
     pairs = Counter((o["host"], o["port"]) for o in whole)
     shards = []
     for i in range(3):
-        results, summary = _json(_run(args + ["--shard", f"{i}/3"]).stdout)
+        results, summary = _json(cli(args + ["--shard", f"{i}/3"]).stdout)
         assert summary["shard"] == f"{i}/3" and summary["done"] == len(results)
         shards.append(Counter((o["host"], o["port"]) for o in results))
     assert sum(shards, Counter()) == pairs
     assert all(not (shards[a].keys() & shards[b].keys()) for a in range(3) for b in range(a))
 
 
-def test_randomize_with_the_same_seed_gives_the_same_order(ports):
+def test_randomize_with_the_same_seed_gives_the_same_order(ports, cli):
     closed = ports.closed(2)
     base = ports.host.rsplit(".", 1)[0]
     args = [f"{base}.0/26", "-p", ",".join(map(str, closed)), "--json", "--concurrency", "1",
             "--seed", "7"]
-    first, s1 = _json(_run(args).stdout)
-    again, _ = _json(_run(args).stdout)
-    plain, _ = _json(_run(args[:-2]).stdout)
+    first, s1 = _json(cli(args).stdout)
+    again, _ = _json(cli(args).stdout)
+    plain, _ = _json(cli(args[:-2]).stdout)
     assert [(o["host"], o["port"]) for o in first] == [(o["host"], o["port"]) for o in again]
     assert [o["host"] for o in first] != [o["host"] for o in plain]
     assert s1["seed"] == 7
@@ -333,17 +354,17 @@ def test_randomize_with_the_same_seed_gives_the_same_order(ports):
 
 # ---------------------------------------------------------------- resume
 
-def test_resume_skips_what_the_file_holds_and_drops_a_torn_last_line(ports, tmp_path):
+def test_resume_skips_what_the_file_holds_and_drops_a_torn_last_line(ports, tmp_path, cli):
     closed = ports.closed(4)
     spec = ",".join(map(str, closed))
     out = tmp_path / "scan.jsonl"
-    first = _run([ports.host, "-p", spec, "--json", "--shard", "0/2"]).stdout
+    first = cli([ports.host, "-p", spec, "--json", "--shard", "0/2"]).stdout
     done, _ = _json(first)
     assert len(done) == 2
     # A killed scan: the complete lines, then half of the next one.
     out.write_text(first.split('{"type": "summary"')[0]
                    + f'{{"type": "result", "host": "{ports.host}", "port": {closed[3]}, "st')
-    r = _run([ports.host, "-p", spec, "--json", "--resume", str(out)])
+    r = cli([ports.host, "-p", spec, "--json", "--resume", str(out)])
     assert r.returncode == 1, r.stderr
     results, summary = _json(r.stdout)
     assert sorted(o["port"] for o in results) == sorted(
@@ -353,7 +374,7 @@ def test_resume_skips_what_the_file_holds_and_drops_a_torn_last_line(ports, tmp_
 
 # --------------------------------------------------------- target files
 
-def test_target_and_exclude_files_one_a_line_with_comments(ports, tmp_path):
+def test_target_and_exclude_files_one_a_line_with_comments(ports, tmp_path, cli):
     [listener] = ports.listen()
     port = listener.getsockname()[1]
     base = ports.host.rsplit(".", 1)[0]
@@ -361,7 +382,7 @@ def test_target_and_exclude_files_one_a_line_with_comments(ports, tmp_path):
     hosts.write_text(f"# lab hosts\n{base}.1-4   # four\n\n{ports.host}\n")
     skip = tmp_path / "skip.txt"
     skip.write_text(f"{base}.2\n# nothing else\n")
-    r = _run(["-iL", str(hosts), "--exclude-file", str(skip), "-p", str(port), "--json"])
+    r = cli(["-iL", str(hosts), "--exclude-file", str(skip), "-p", str(port), "--json"])
     results, summary = _json(r.stdout)
     want = {f"{base}.{n}" for n in (1, 3, 4)} | {ports.host}
     assert {o["host"] for o in results} == want and summary["total"] == len(want)
@@ -369,7 +390,7 @@ def test_target_and_exclude_files_one_a_line_with_comments(ports, tmp_path):
 
 # ---------------------------------------------------------------- banner
 
-def test_banner_flag_puts_what_the_port_said_into_the_result(ports):
+def test_banner_flag_puts_what_the_port_said_into_the_result(ports, cli):
     [listener] = ports.listen()
 
     def serve() -> None:
@@ -381,21 +402,21 @@ def test_banner_flag_puts_what_the_port_said_into_the_result(ports):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     closed = ports.closed(1)[0]
-    r = _run([ports.host, "-p", f"{listener.getsockname()[1]},{closed}", "--json", "--banner",
-              "--banner-timeout", "2"])
+    r = cli([ports.host, "-p", f"{listener.getsockname()[1]},{closed}", "--json", "--banner",
+             "--banner-timeout", "2"])
     t.join(5)
     results, _ = _json(r.stdout)
     by_state = {o["state"]: o for o in results}
     assert by_state["open"]["banner"] == "220 hello\r\n"
     assert "banner" not in by_state["refused"]
-    text = _run([ports.host, "-p", str(closed), "--banner"])
+    text = cli([ports.host, "-p", str(closed), "--banner"])
     assert text.returncode == 1 and "refused" in text.stdout
 
 
-def test_rate_flag_limits_the_connects_per_second(ports):
+def test_rate_flag_limits_the_connects_per_second(ports, cli):
     closed = ports.closed(1)[0]
     base = ports.host.rsplit(".", 1)[0]
-    r = _run([f"{base}.0/27", "-p", str(closed), "--rate", "100", "--json"])
+    r = cli([f"{base}.0/27", "-p", str(closed), "--rate", "100", "--json"])
     _, summary = _json(r.stdout)
     assert summary["done"] == 32
     assert 0.3 <= summary["elapsed"] < 0.6          # 32 connects at 100/s: 0.31 s
