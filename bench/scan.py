@@ -108,7 +108,11 @@ def _worker_bare(target: str, port: int, timeout: float, concurrency: int | None
                 break
             s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             s.setblocking(False)
-            s.connect_ex((host, port))
+            code = s.connect_ex((host, port))
+            if code not in (0, errno.EINPROGRESS):      # a route refused at once
+                s.close()
+                out.append(f"{host} {'unreachable' if code in unreachable else 'error'}\n")
+                continue
             fd = s.fileno()
             flight[fd] = (s, host, clock())
             ep.register(fd, select.EPOLLOUT)
@@ -346,8 +350,10 @@ def _second_cut(rows: list, no_extras: bool) -> None:
     print(f"| --rate 5000 on 127.0.0.0/18 (connects/s, scan time) | {achieved:,.0f}"
           f" ({achieved / 5000 - 1:+.1%}; {summary['elapsed']:.2f} s, {wall:.2f} s with start)"
           " | within 5% of 5,000 |")
+    import tempfile
+    sink = tempfile.TemporaryFile()
     proc2 = subprocess.Popen(cmd + ["127.0.0.0/8", "-p", "1-10", "--json", "--timeout", "2"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+                             stdout=sink, stderr=subprocess.PIPE, cwd=ROOT)
     samples = []
     for _ in range(10):
         time.sleep(1.0)
@@ -355,8 +361,12 @@ def _second_cut(rows: list, no_extras: bool) -> None:
             rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
         samples.append(rss)
     proc2.send_signal(signal.SIGTERM)
-    _, err = proc2.communicate(timeout=30)
-    done = err.decode().strip().splitlines()[-1] if err else ""
+    proc2.communicate(timeout=30)
+    sink.seek(max(0, sink.seek(0, 2) - 4096))
+    last = json.loads(sink.read().decode().strip().splitlines()[-1])
+    sink.close()
+    done = (f"summary: {last['done']:,} of {last['total']:,} done,"
+            f" interrupted {last['interrupted']}")
     print(f"| RSS of 127.0.0.0/8 x 10 ports, each second for 10 s (MiB) |"
           f" {' '.join(f'{k / 1024:.1f}' for k in samples)} | flat |")
     print(f"| ... then SIGTERM | exit {proc2.returncode}: {done[:90]} | 143, summary |")
