@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Scanner benchmark: scanner.scan against asyncio and nmap -sT.
+"""Scanner benchmark: scanner.scan against a bare epoll loop, asyncio and nmap -sT.
 
 A benchmark, not a test.  Every run is a fresh process timed by wall clock
 (interpreter start included, as a user sees it), best of ``--repeat``:
 
 - ``evloop``: ``scanner.scan`` (this project), default concurrency;
+- ``bare epoll``: the least a Python scanner can do -- ``socket`` +
+  ``connect_ex`` + one ``select.epoll``, ``SO_ERROR`` on ``EPOLLOUT``,
+  timeouts by start time, the same concurrency: the floor the scanner's
+  layers (evloop's channels and loop, the scanner's bookkeeping) are
+  measured against;
 - ``asyncio``: the straightforward asyncio scanner -- one task per target,
   ``asyncio.open_connection`` under ``asyncio.wait_for``, bounded by an
   ``asyncio.Semaphore`` of the same size as evloop's default concurrency;
@@ -35,17 +40,25 @@ of the same workload (nmap's ``closed`` is ``refused``; its ``filtered`` is
 taken to match timeout, unreachable and error, which it does not tell
 apart).  Prints a Markdown table.
 
+Then the second cut's figures: the /16 speed against nmap ``-Pn`` and the
+bare loop; the silent test subnet against one timeout; ``--rate 5000``
+(connects/s achieved on a loopback /18, from the CLI's JSON summary); and
+the resident memory of ``evscan 127.0.0.0/8 -p 1-10`` sampled each second
+for 10 s (then SIGTERM: the summary must still come, exit 143).
+
 Run from the repository root: ``python bench/scan.py [--repeat 3] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -65,9 +78,61 @@ COARSE = {"open": "open", "refused": "refused", "closed": "refused",
 
 def _worker_evloop(target: str, port: int, timeout: float, concurrency: int | None) -> None:
     from scanner.scan import scan
-    out = sys.stdout
-    for r in scan(target, port, timeout=timeout, concurrency=concurrency):
-        out.write(f"{r.host} {r.state}\n")
+    # Lines collected and written once, as the bare loop does.
+    out = [f"{r.host} {r.state}\n" for r in scan(target, port, timeout=timeout,
+                                                 concurrency=concurrency)]
+    sys.stdout.write("".join(out))
+
+
+def _worker_bare(target: str, port: int, timeout: float, concurrency: int | None) -> None:
+    import errno
+    import select
+    import socket
+
+    from scanner.scan import default_concurrency
+    from scanner.targets import Targets
+
+    conc = concurrency or default_concurrency()
+    unreachable = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
+    ep = select.epoll()
+    hosts = iter(Targets(target))
+    flight: dict[int, tuple[socket.socket, str, float]] = {}   # in start order
+    out: list[str] = []
+    clock = time.monotonic
+    more = True
+    while more or flight:
+        while more and len(flight) < conc:
+            host = next(hosts, None)
+            if host is None:
+                more = False
+                break
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.setblocking(False)
+            code = s.connect_ex((host, port))
+            if code not in (0, errno.EINPROGRESS):      # a route refused at once
+                s.close()
+                out.append(f"{host} {'unreachable' if code in unreachable else 'error'}\n")
+                continue
+            fd = s.fileno()
+            flight[fd] = (s, host, clock())
+            ep.register(fd, select.EPOLLOUT)
+        oldest = next(iter(flight.values()))[2] if flight else clock()
+        for fd, _ in ep.poll(max(0.0, oldest + timeout - clock())):
+            s, host, _ = flight.pop(fd)
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            s.close()
+            state = ("open" if err == 0 else "refused" if err == errno.ECONNREFUSED
+                     else "unreachable" if err in unreachable else "error")
+            out.append(f"{host} {state}\n")
+        now = clock()
+        while flight:
+            fd, (s, host, started) = next(iter(flight.items()))
+            if now - started < timeout:
+                break
+            del flight[fd]
+            s.close()
+            out.append(f"{host} timeout\n")
+    sys.stdout.write("".join(out))
 
 
 def _worker_asyncio(target: str, port: int, timeout: float, concurrency: int | None) -> None:
@@ -135,6 +200,7 @@ def _impls(have_nmap: bool, port: int, timeout: float) -> dict[str, object]:
 
     impls: dict[str, object] = {
         "evloop": ours("evloop"),
+        "bare epoll": ours("bare"),
         "asyncio": ours("asyncio"),
     }
     if have_nmap:
@@ -201,12 +267,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
     ap.add_argument("--quick", action="store_true", help="skip the /16 workload")
     ap.add_argument("--no-testnet", action="store_true")
+    ap.add_argument("--no-extras", action="store_true",
+                    help="skip the --rate and memory runs")
     ap.add_argument("--worker", nargs=5, metavar=("IMPL", "TARGET", "PORT", "TIMEOUT", "CONC"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         impl, target, port, timeout, conc = args.worker
-        fn = _worker_evloop if impl == "evloop" else _worker_asyncio
+        fn = {"evloop": _worker_evloop, "bare": _worker_bare}.get(impl, _worker_asyncio)
         fn(target, int(port), float(timeout), None if conc == "none" else int(conc))
         return 0
 
@@ -244,7 +312,64 @@ def main() -> int:
         print(f"| {label} | {name} | {t:.2f} s | {rate:,.0f} | {ratio:.2f} | {agree} | {states} |")
     if testnet_note:
         print(f"\n{testnet_note}")
+    _second_cut(rows, args.no_extras)
     return 0
+
+
+def _best(rows: list, label: str, name: str) -> float | None:
+    for row in rows:
+        if row[0] == label and row[1] == name:
+            return row[2]
+    return None
+
+
+def _second_cut(rows: list, no_extras: bool) -> None:
+    """The issue's targets, from the rows above and two more runs."""
+    print("\n| figure | value | target |")
+    print("|---|---:|---|")
+    ours = _best(rows, "127.0.0.0/16 port 9", "evloop")
+    nmap = _best(rows, "127.0.0.0/16 port 9", "nmap -sT -n -Pn")
+    bare = _best(rows, "127.0.0.0/16 port 9", "bare epoll")
+    if ours and nmap:
+        print(f"| /16 speed vs nmap -sT -n -Pn (nmap time / ours) | {nmap / ours:.2f}x | >= 1.0x |")
+    if ours and bare:
+        print(f"| /16 time vs bare epoll loop (ours / bare) | {ours / bare:.2f}x | <= 1.2x |")
+    for row in rows:
+        if row[0].startswith("testnet") and row[1] == "evloop":
+            print(f"| silent testnet /24, 2 s timeout (time / timeout) | {row[2] / 2.0:.2f}x"
+                  " | <= 1.1x (process start included) |")
+    if no_extras:
+        return
+    cmd = [sys.executable, "-m", "scanner"]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd + ["127.0.0.0/18", "-p", "9", "--rate", "5000", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    wall = time.perf_counter() - started
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    achieved = summary["done"] / summary["elapsed"]
+    print(f"| --rate 5000 on 127.0.0.0/18 (connects/s, scan time) | {achieved:,.0f}"
+          f" ({achieved / 5000 - 1:+.1%}; {summary['elapsed']:.2f} s, {wall:.2f} s with start)"
+          " | within 5% of 5,000 |")
+    import tempfile
+    sink = tempfile.TemporaryFile()
+    proc2 = subprocess.Popen(cmd + ["127.0.0.0/8", "-p", "1-10", "--json", "--timeout", "2"],
+                             stdout=sink, stderr=subprocess.PIPE, cwd=ROOT)
+    samples = []
+    for _ in range(10):
+        time.sleep(1.0)
+        with open(f"/proc/{proc2.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        samples.append(rss)
+    proc2.send_signal(signal.SIGTERM)
+    proc2.communicate(timeout=30)
+    sink.seek(max(0, sink.seek(0, 2) - 4096))
+    last = json.loads(sink.read().decode().strip().splitlines()[-1])
+    sink.close()
+    done = (f"summary: {last['done']:,} of {last['total']:,} done,"
+            f" interrupted {last['interrupted']}")
+    print(f"| RSS of 127.0.0.0/8 x 10 ports, each second for 10 s (MiB) |"
+          f" {' '.join(f'{k / 1024:.1f}' for k in samples)} | flat |")
+    print(f"| ... then SIGTERM | exit {proc2.returncode}: {done[:90]} | 143, summary |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ killing the scan.
 """
 
 import errno
+import os
 import re
 import sys
 from collections import deque
@@ -53,10 +54,18 @@ def connect_waiting(port):
 
 def connected(host, port, s, timer):
     evloop.after_cancel(timer)
-    if s.error() is None:
-        addr, peer_port = s.peername()
-        hosts[host] = f"{addr} {addr} {peer_port}"
-    shutdown(s, port)
+    try:
+        if s.error() is None:
+            # A peer that resets right after the handshake makes
+            # peername() fail: it was still open.  Whatever happens here,
+            # shutdown must run, or vwait would wait for this host for ever.
+            try:
+                addr, peer_port = s.peername()
+            except OSError:
+                addr, peer_port = host, port
+            hosts[host] = f"{addr} {addr} {peer_port}"
+    finally:
+        shutdown(s, port)
 
 
 def shutdown(s, port):
@@ -82,4 +91,12 @@ if __name__ == "__main__":
         sys.exit(f"scan.py: {exc}")
     while nodes.get() > 0:
         evloop.vwait(nodes)
-    parray("hosts", hosts)
+    try:
+        parray("hosts", hosts)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): no traceback; point stdout at
+        # /dev/null so the interpreter's last flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)

@@ -3,14 +3,24 @@
 How a target moves from queued to classified
 --------------------------------------------
 A scan starts from a `Targets` and a port list, both parsed before anything
-is sent (a bad one raises ``ValueError``).  Nothing is expanded up front:
-``iter_pairs`` hands out one ``(host, port)`` pair at a time, so a /8 costs
-what its in-flight connections cost, never a list of sixteen million.
+is sent (a bad one raises ``ValueError``, as does any other bad argument).
+Nothing is expanded up front: an `Order` (``scanner.order``) numbers every
+pair and hands out this scan's share of them -- all, or one shard; in the
+plain order or a seeded pseudo-random one -- one ``(host, port)`` at a
+time, so a /8 costs what its in-flight connections cost, never a list of
+sixteen million.  A pair in ``skip`` (a resumed scan) is dropped as it
+comes out and no longer counted in ``total``.
 
 *Queued.*  A pair waits in that lazy iterator, or -- if it was tried once
 and the kernel had no room for it, or it is the address a host name
-resolved to -- at the front of a small ``ready`` deque, which is always
-served first, so such a pair keeps its place in line.
+resolved to, or the rate limit held it back -- at the front of a small
+``ready`` deque, which is always served first, so such a pair keeps its
+place in line.
+
+*Rate.*  With ``rate``, connects follow a virtual schedule on the loop's
+clock (GCRA): the next may start once ``loop.time()`` reaches its due
+time, less a 10 ms tolerance for a timer that woke late; when it is not
+yet due, one timer brings the scan back then.
 
 *Slots.*  At most ``concurrency`` pairs are between "taken from the queue"
 and "classified" at any moment.  The default is the soft ``RLIMIT_NOFILE``
@@ -21,9 +31,14 @@ local port: "could not try", which says nothing about the target), the pair
 goes back to the front of the queue, the limit drops to the number of
 connections in flight, and each completion frees a slot for it again.  The
 limit creeps back up as results come in, in case the shortage was someone
-else's.  If nothing at all is in flight, a short ``after`` tries again.  So
-running out of descriptors delays a target; it never drops or misreports
-one.
+else's.  EADDRNOTAVAIL (no free local port towards that destination) is
+kept on the channel by ``open_async`` and read at ``writable``; it is
+handled the same way.  If nothing at all is in flight, a short ``after``
+tries again; a shortage that lasts a second of loop time with nothing in
+flight will not end by itself (the program's own descriptors fill the
+limit), and the scan stops: ``failure`` holds the OSError, ``on_done``
+runs, `scan` raises it.  So running out of descriptors delays a target; it
+never drops or misreports one, and never spins.
 
 *Host names* take a slot while a worker thread resolves them (`Resolver`,
 results come back through ``loop.call_soon_threadsafe``; each name is looked
@@ -50,7 +65,9 @@ and at most one pass longer; a /16 needs a few dozen timers instead of
 
 *Classified.*  On ``writable``, ``ch.error()`` -- Tcl's ``fconfigure
 -error``, read exactly once -- decides: ``None`` is ``open`` (the detail is
-``ch.peername()``), ECONNREFUSED is ``refused``, EHOSTUNREACH, ENETUNREACH,
+``ch.peername()``; so is ECONNRESET or EPIPE: the peer accepted and reset
+before we looked, and only a completed handshake can be reset),
+ECONNREFUSED is ``refused``, EHOSTUNREACH, ENETUNREACH,
 EACCES and EPERM are ``unreachable``, anything else (EINVAL from a
 blackhole route, ...) is ``error`` with the OS message.  On a loopback or
 LAN refusal, ``connect()`` returns EINPROGRESS with ``SO_ERROR`` already
@@ -59,6 +76,11 @@ before the writable handler, or a refused port reads as open.  When its
 batch's timer fires first the pair is a ``timeout`` -- unless the kernel already
 holds an error for the socket (an ICMPv6 unreachable is kept as a soft
 error until the SYN is retried), which is then the answer.
+
+*Banner.*  With ``banner``, an open connection keeps its slot: the channel
+turns binary, its ``writable`` handler makes way for a ``readable`` one, and
+what the peer sends first is collected until `BANNER_MAX` bytes, end of
+file (or a reset), or ``banner_timeout``; the result then carries it.
 
 *Reported.*  The `Result` goes to ``on_result``; the counters (``done``,
 ``total``, ``counts``) are updated before, so a progress display called
@@ -80,7 +102,7 @@ from __future__ import annotations
 import errno
 import math
 import resource
-import time
+import select
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -88,12 +110,14 @@ from typing import Any, NamedTuple
 import evloop
 from evloop import Channel, Loop, TimerId
 
-from .targets import Name, Resolver, Targets, iter_pairs, parse_ports
+from .files import pair_key
+from .order import Order, parse_shard
+from .targets import Name, Resolver, Targets, parse_ports
 
 __all__ = [
     "Result", "Scanner", "scan", "classify", "default_concurrency",
     "STATES", "OPEN", "REFUSED", "TIMEOUT", "UNREACHABLE", "ERROR",
-    "MAX_CONCURRENCY",
+    "MAX_CONCURRENCY", "BANNER_MAX",
 ]
 
 OPEN, REFUSED, TIMEOUT, UNREACHABLE, ERROR = (
@@ -117,11 +141,31 @@ _BATCH = 256
 _REGROW_EVERY = 8
 
 # open_async raises these when it could not even try: no descriptor, no
-# memory, no local port.  They say nothing about the target.
+# memory, no local port.  They say nothing about the target.  EADDRNOTAVAIL
+# (no free local port for this destination) is kept on the channel by
+# today's open_async and comes through ch.error(); it is handled alike.
 _NO_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
-                           errno.ENOMEM, errno.EAGAIN})
+                           errno.ENOMEM, errno.EAGAIN, errno.EADDRNOTAVAIL})
+# With nothing of the scan in flight, a shortage that lasts this long (loop
+# time) is not going to end by itself: the scan stops (Scanner.failure).
+_STARVED_SECONDS = 1.0
+# A connection reset (or a write to one that was) exists only after a
+# completed handshake: the port is open.  A refused SYN reads ECONNREFUSED.
+_AFTER_CONNECT = frozenset({errno.ECONNRESET, errno.EPIPE})
+#: Bytes of a banner kept at most.
+BANNER_MAX = 256
+# Linux: the probes get an epoll of their own (see the module notes).
+_EPOLLOUT = getattr(select, "EPOLLOUT", 0)
+# How early a connect may start under a rate limit (seconds): a timer wakes
+# the loop a little late, and the connects owed by then start at once.
+# Without it the lateness of every wakeup would be lost, and 5000/s would
+# come out near 1000/s (one connect per millisecond tick).
+_RATE_TOLERANCE = 0.01
 _UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH,
                           errno.EACCES, errno.EPERM})
+
+
+_new_tuple = tuple.__new__
 
 
 class Result(NamedTuple):
@@ -130,7 +174,10 @@ class Result(NamedTuple):
     ``host`` is the address connected to (for a name that did not resolve,
     the name); ``state`` one of `STATES`; ``detail`` the peer name
     (``host:port``) for ``open``, the OS message otherwise; ``name`` the
-    host name the address came from, or None for an address target.
+    host name the address came from, or None for an address target;
+    ``banner`` what an open port said first (a scan with ``banner=True``;
+    up to `BANNER_MAX` bytes, decoded as UTF-8 with other bytes as ``\\xNN``
+    escapes), else None.
     """
 
     host: str
@@ -138,13 +185,15 @@ class Result(NamedTuple):
     state: str
     detail: str
     name: str | None = None
+    banner: str | None = None
 
 
 def classify(error: OSError | None) -> str:
     """The state for what ``ch.error()`` returned after a connect.
 
-    None is ``open``; ECONNREFUSED ``refused``; EHOSTUNREACH, ENETUNREACH,
-    EACCES, EPERM ``unreachable``; any other error ``error``.
+    None is ``open``, and so are ECONNRESET and EPIPE (only a completed
+    handshake can be reset); ECONNREFUSED is ``refused``; EHOSTUNREACH,
+    ENETUNREACH, EACCES, EPERM ``unreachable``; any other error ``error``.
     """
     if error is None:
         return OPEN
@@ -153,7 +202,14 @@ def classify(error: OSError | None) -> str:
         return REFUSED
     if code in _UNREACHABLE:
         return UNREACHABLE
+    if code in _AFTER_CONNECT:
+        return OPEN
     return ERROR
+
+
+# Errors whose errno alone is the answer (no peer name, no banner, no retry).
+_FINAL = {errno.ECONNREFUSED: REFUSED,
+          **dict.fromkeys(_UNREACHABLE, UNREACHABLE)}
 
 
 def default_concurrency() -> int:
@@ -182,30 +238,54 @@ def _message(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, not {value!r}")
+    return float(value)
+
+
 class Scanner:
     """A scan that runs inside an evloop program.
 
     ``Scanner(targets, ports, timeout=2.0, concurrency=None, loop=None,
-    on_result=None, on_done=None, exclude=None)``: ``targets`` is a
-    `Targets` or anything it accepts (``exclude`` likewise), ``ports``
-    anything `parse_ports` accepts; ``timeout`` in seconds per connect;
-    ``concurrency`` connections in flight at most (default:
-    `default_concurrency`).  ``on_result(result)`` runs for each `Result`;
-    ``on_done(scanner)`` once, after the last result -- or from
-    ``cancel()``.  An exception in a callback goes to the loop's
-    ``bgerror`` handler; the scan goes on.
+    on_result=None, on_done=None, exclude=None, *, rate=None, shard=None,
+    randomize=False, seed=None, skip=None, banner=False,
+    banner_timeout=1.0)``: ``targets`` is a `Targets` or anything it
+    accepts (``exclude`` likewise), ``ports`` anything `parse_ports`
+    accepts; ``timeout`` in seconds per connect; ``concurrency``
+    connections in flight at most (default: `default_concurrency`).
+    ``rate``: at most this many connects started per second.  ``shard``:
+    ``(i, n)`` or ``"i/n"``, scan only the i-th of n disjoint slices of the
+    pairs (`scanner.order`).  ``randomize``: visit the pairs in a
+    pseudo-random order chosen by ``seed`` (an int; required with more
+    than one shard, so every shard uses the same order).  ``skip``: (host,
+    port) pairs not to scan (they are not counted in ``total`` once
+    met).  ``banner``: read what an open port says first, up to
+    `BANNER_MAX` bytes within ``banner_timeout`` seconds, into
+    ``Result.banner``.
 
-    Progress: ``total`` (pairs to classify), ``done``, ``counts`` (per
-    state), ``in_flight``, ``elapsed``; ``finished`` and ``cancelled``.
-    Raises ValueError (nothing is sent) for bad targets, ports, timeout or
-    concurrency.
+    ``on_result(result)`` runs for each `Result`; ``on_done(scanner)``
+    once, after the last result -- or from ``cancel()``, or when the scan
+    stops for lack of sockets (``failure`` then holds the OSError).  An
+    exception in a callback goes to the loop's ``bgerror`` handler; the
+    scan goes on.  Every timeout, the rate and ``elapsed`` are on the
+    loop's clock (``loop.time()``).
+
+    Progress: ``total`` (pairs to classify), ``done``, ``skipped``,
+    ``counts`` (per state), ``in_flight``, ``elapsed``; ``finished``,
+    ``cancelled`` and ``failure``.  Raises ValueError (nothing is sent)
+    for bad targets, ports or any other argument.
     """
 
     def __init__(self, targets: Any, ports: Any, timeout: float = 2.0,
                  concurrency: int | None = None, loop: Loop | None = None,
                  on_result: Callable[[Result], Any] | None = None,
                  on_done: Callable[[Scanner], Any] | None = None,
-                 exclude: Any = None) -> None:
+                 exclude: Any = None, *, rate: float | None = None,
+                 shard: Any = None, randomize: bool = False, seed: int | None = None,
+                 skip: Iterable[tuple[str, int]] | None = None,
+                 banner: bool = False, banner_timeout: float = 1.0) -> None:
         if not isinstance(targets, Targets):
             targets = Targets(targets, exclude=exclude)
         elif exclude is not None:
@@ -219,38 +299,69 @@ class Scanner:
         elif isinstance(concurrency, bool) or not isinstance(concurrency, int) \
                 or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        if rate is not None:
+            rate = _positive("rate", rate)
+        banner_timeout = _positive("banner_timeout", banner_timeout)
+        shard = (0, 1) if shard is None else parse_shard(shard)
+        if randomize and shard[1] > 1 and seed is None:
+            raise ValueError("a randomized scan in shards needs a seed, the same for every shard")
+        self.order = Order(targets, ports, shard, bool(randomize), seed)
+        self._skip: set[tuple[str, int]] | None = None
+        if skip is not None:
+            self._skip = {pair_key(str(h), int(p)) for h, p in skip} or None
         self.targets = targets
         self.ports = ports
         self.timeout = float(timeout)
         self.concurrency = concurrency
+        self.rate = rate
+        self.shard: tuple[int, int] = shard
+        self.randomize = bool(randomize)
+        self.seed = self.order.seed
+        self.banner = bool(banner)
+        self.banner_timeout = banner_timeout
         self.loop = loop if loop is not None else evloop.get_loop()
         self.on_result = on_result
         self.on_done = on_done
 
-        self.total = len(targets) * len(ports)
+        self.total = len(self.order)
         self.done = 0
+        self.skipped = 0             # pairs of skip met (and not counted)
         self.excluded = 0            # resolved addresses dropped by an exclude
         self.counts = dict.fromkeys(STATES, 0)
         self.finished = False
         self.cancelled = False
+        self.failure: OSError | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
 
-        self._pairs = iter_pairs(targets, ports)
+        self._pairs = iter(self.order)
         self._ready: deque[tuple[str, int, str | None]] = deque()
         self._exhausted = False
-        # In start order: channel -> (batch, host, port, name).
-        self._flight: dict[Channel, tuple[int, str, int, str | None]] = {}
+        # In start order: descriptor -> (batch, channel, host, port, name).
+        self._flight: dict[int, tuple[int, Channel, str, int, str | None]] = {}
+        # The probes' own epoll (see _Probes in the module notes), or None:
+        # each channel then has a writable fileevent of its own.
+        self._ep: Any = None
         self._batch = 0              # the batch connects started now join
         self._sealing: TimerId | None = None   # ends the open batch this pass
         self._expiries: deque[TimerId] = deque()   # one per sealed batch
-        self._busy = 0               # slots taken: connects + names resolving
+        # Open connections whose banner is being read: channel -> [host,
+        # port, name, detail, bytes so far, timer].
+        self._banners: dict[Channel, list] = {}
+        self._busy = 0               # slots taken: connects, names, banners
         self._limit = concurrency    # lowered by a descriptor shortage
         self._credit = 0
         self._filling = False
         self._kick: TimerId | None = None
+        self._starved_since: float | None = None
         self._resolver: Resolver | None = None
         self._timeout_ms = self.timeout * 1000.0
+        # The rate limit as a virtual schedule (GCRA): a connect may start
+        # once the clock reaches _due less the tolerance; each start moves
+        # _due one interval on from max(_due, now).
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._tolerance = _RATE_TOLERANCE
+        self._due = -math.inf
 
     # ------------------------------------------------------------ public
 
@@ -261,17 +372,25 @@ class Scanner:
 
     @property
     def elapsed(self) -> float:
-        """Seconds since `start` (until the end, once finished)."""
+        """Seconds since `start` on the loop's clock (until the end, once
+        finished)."""
         if self.started_at is None:
             return 0.0
-        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        end = self.finished_at if self.finished_at is not None else self.loop.time()
         return end - self.started_at
 
     def start(self) -> Scanner:
         """Begin; returns at once (the first connects run from the loop)."""
         if self.started_at is not None:
             raise RuntimeError("Scanner already started")
-        self.started_at = time.monotonic()
+        self.started_at = self.loop.time()
+        if _EPOLLOUT:
+            try:
+                self._ep = select.epoll()
+            except OSError:
+                self._ep = None             # no descriptor for it: per channel
+            else:
+                self.loop.fileevent(self._ep.fileno(), "readable", self._on_ready)
         self._kick = self.loop.after(0, self._refill)
         return self
 
@@ -284,11 +403,18 @@ class Scanner:
         if self.finished:
             return
         self.cancelled = True
+        self._stop()
+
+    def _stop(self) -> None:
         loop = self.loop
         loop.after_cancel(self._kick)
-        for ch in self._flight:
-            ch.close(force=True)
+        for probe in self._flight.values():
+            probe[1].close(force=True)
         self._flight.clear()
+        for ch, entry in self._banners.items():
+            loop.after_cancel(entry[5])
+            ch.close(force=True)
+        self._banners.clear()
         if self._resolver is not None:
             self._resolver.close()
         self._ready.clear()
@@ -298,10 +424,11 @@ class Scanner:
     # ---------------------------------------------------------- the queue
 
     def _refill(self) -> None:
-        """Timer entry point: the start, and after a shortage with nothing
-        in flight.  Starts at most `_BATCH` connects, then lets the loop
-        poll (so the first results come while the slots are still being
-        filled) and comes back."""
+        """Timer entry point: the start, after a shortage with nothing in
+        flight, and when the rate limit allows the next connect.  Starts at
+        most `_BATCH` connects, then lets the loop poll (so the first
+        results come while the slots are still being filled) and comes
+        back."""
         self._kick = None
         if self._limit < 1:
             self._limit = 1
@@ -311,32 +438,45 @@ class Scanner:
             self._kick = self.loop.after(0, self._refill)
 
     def _fill(self, upto: int | None = None) -> None:
-        """Start connects until the slots are full (or ``upto`` are busy)
-        or the queue is empty; finish when nothing is left anywhere."""
+        """Start connects until the slots are full (or ``upto`` are busy),
+        the rate limit says wait, or the queue is empty; finish when
+        nothing is left anywhere."""
         if self._filling or self.finished:
             return
         self._filling = True
         ready = self._ready
+        skip = self._skip
+        pairs = self._pairs
+        connect = self._connect
         limit = self._limit if upto is None else min(upto, self._limit)
         try:
-            while self._busy < limit and not self.finished:
+            while self._busy < limit:
                 if ready:
                     host, port, name = ready.popleft()
                 elif self._exhausted:
                     break
                 else:
-                    try:
-                        host, port = next(self._pairs)
-                    except StopIteration:
+                    pair = next(pairs, None)
+                    if pair is None:
                         self._exhausted = True
                         break
-                    if type(host) is Name:
-                        self._resolve(host, port)
+                    target, port = pair
+                    if type(target) is Name:
+                        if skip is not None and (target.key, port) in skip:
+                            self._skip_one()
+                        else:
+                            self._resolve(target, port)
+                        continue
+                    host = target   # type: ignore[assignment]
+                    if skip is not None and (host, port) in skip:
+                        self._skip_one()
                         continue
                     name = None
-                if not self._connect(host, port, name):
-                    break                       # out of descriptors
-                limit = min(limit, self._limit)
+                if self._interval and self._throttled():
+                    ready.appendleft((host, port, name))
+                    break
+                if not connect(host, port, name):
+                    break                   # out of descriptors, or finished
         finally:
             self._filling = False
         if self._busy == 0 and not self.finished:
@@ -346,27 +486,65 @@ class Scanner:
             elif self._exhausted:
                 self._finish()
 
+    def _throttled(self) -> bool:
+        """True (and a timer set for the moment it ends) if the rate limit
+        does not allow a connect now."""
+        now = self.loop.time()
+        due = self._due
+        if now >= due - self._tolerance:
+            return False
+        if self._kick is None:
+            self._kick = self.loop.after((due - self._tolerance - now) * 1000.0, self._refill)
+        return True
+
+    def _skip_one(self) -> None:
+        self.total -= 1
+        self.skipped += 1
+
     def _connect(self, host: str, port: int, name: str | None) -> bool:
-        """Start one connect; False if the kernel had no room for it."""
+        """Start one connect; False if the kernel had no room for it (the
+        limit is then lowered) or the scan finished meanwhile."""
         loop = self.loop
         try:
             ch = evloop.open_async(host, port, loop)
         except OSError as exc:
             if exc.errno in _NO_RESOURCES:
-                self._ready.appendleft((host, port, name))
-                self._limit = self._busy    # what fits; 0 waits for _refill
-                self._credit = 0
+                self._no_room(host, port, name, exc)
                 return False
             # No socket for this address at all (EAFNOSUPPORT: no IPv6 here).
             self._busy += 1
             self._complete(host, port, ERROR, _message(exc), name)
-            return True
+            return not self.finished        # on_result may have cancelled
         self._busy += 1
+        if self._interval:
+            now = loop.time()
+            self._due = (self._due if self._due > now else now) + self._interval
         if self._sealing is None:
             self._sealing = loop.after(0, self._seal)
-        self._flight[ch] = (self._batch, host, port, name)
-        loop.fileevent(ch, "writable", self._on_writable, ch)
+        fd = ch.fileno()
+        self._flight[fd] = (self._batch, ch, host, port, name)
+        if self._ep is not None:
+            self._ep.register(fd, _EPOLLOUT)
+        else:
+            loop.fileevent(ch, "writable", self._on_writable, ch)
         return True
+
+    def _no_room(self, host: str, port: int, name: str | None, exc: OSError) -> None:
+        """The kernel had no descriptor, memory or local port for a connect:
+        the pair goes back to the front of the queue and the limit drops to
+        what is in flight.  With nothing in flight, only a retry after a
+        moment can help, and a shortage that outlasts `_STARVED_SECONDS`
+        stops the scan (``failure``) instead of retrying for ever."""
+        self._ready.appendleft((host, port, name))
+        self._limit = self._busy        # what fits; 0 waits for _refill
+        self._credit = 0
+        if self._busy == 0:
+            now = self.loop.time()
+            if self._starved_since is None:
+                self._starved_since = now
+            elif now - self._starved_since >= _STARVED_SECONDS:
+                self.failure = exc
+                self._stop()
 
     def _resolve(self, name: Name, port: int) -> None:
         if self._resolver is None:
@@ -389,28 +567,119 @@ class Scanner:
         if self.targets.excluded(addrs[0]):
             self.total -= 1
             self.excluded += 1
+        elif self._skip is not None and pair_key(addrs[0], port) in self._skip:
+            self._skip_one()
         else:
             self._ready.appendleft((addrs[0], port, str(name)))
         self._fill()
 
     # ------------------------------------------------------- classifying
 
+    def _on_ready(self) -> None:
+        """The probes' epoll is readable: classify every connect that
+        ended, then refill the slots once.  No connect starts while the
+        events of one poll are handled, so a descriptor number that a
+        classified probe gave back cannot be taken by a new probe and then
+        receive the old one's event."""
+        ep = self._ep
+        if ep is None:
+            return
+        pop = self._flight.pop
+        classify_one = self._classify
+        complete = self._complete
+        final = _FINAL
+        ended = 0
+        for fd, _ in ep.poll(0):
+            entry = pop(fd, None)
+            if entry is None:
+                continue
+            ended += 1
+            ch = entry[1]
+            err = ch.error()
+            # The usual case on a subnet (refused, unreachable) inline: the
+            # errno alone decides.
+            if err is not None and err.errno in final:
+                ch.close()          # nothing was written: nothing to drain
+                complete(entry[2], entry[3], final[err.errno], err.strerror or str(err),
+                         entry[4])
+            else:
+                classify_one(ch, err, entry[2], entry[3], entry[4])
+            if self.finished:
+                return
+        self._fill(self._busy + 2 * ended)  # replace them, and grow
+
     def _on_writable(self, ch: Channel) -> None:
-        _, host, port, name = self._flight.pop(ch)
-        err = ch.error()
-        if err is None:
+        """The writable handler of one channel (without the probes' epoll)."""
+        _, _, host, port, name = self._flight.pop(ch.fileno())
+        self._classify(ch, ch.error(), host, port, name)
+        if not self.finished:
+            self._fill(self._busy + 2)     # replace itself, and grow
+
+    def _classify(self, ch: Channel, err: OSError | None, host: str, port: int,
+                  name: str | None) -> None:
+        """The connect of ``ch`` ended with ``err`` (what ``ch.error()``
+        said): report it (or, for an open port with ``banner``, go on to
+        read the banner; for a local shortage, queue the pair again).
+        Starts no connect."""
+        if err is None or err.errno in _AFTER_CONNECT:
             try:
                 detail = _hostport(*ch.peername())
             except OSError:
                 # Connected, then reset before we asked: it was open.
                 detail = _hostport(host, port)
+            if self.banner and err is None:
+                self._read_banner(ch, host, port, name, detail)
+                return
             state = OPEN
+        elif err.errno in _NO_RESOURCES:
+            # connect() found no free local port (EADDRNOTAVAIL): nothing
+            # was sent; the pair waits like one that found no descriptor.
+            ch.close(force=True)
+            self._busy -= 1
+            self._no_room(host, port, name, err)
+            return
         else:
             state = classify(err)
             detail = _message(err)
-        ch.close(force=True)
+        ch.close(force=True)        # also leaves the probes' epoll
         self._complete(host, port, state, detail, name)
-        self._fill(self._busy + 2)     # replace itself, and grow
+
+    def _read_banner(self, ch: Channel, host: str, port: int, name: str | None,
+                     detail: str) -> None:
+        """Keep an open connection (and its slot) to read what the peer
+        says first, until `BANNER_MAX` bytes, end of file or the banner
+        timeout."""
+        loop = self.loop
+        if self._ep is not None:
+            self._ep.unregister(ch.fileno())
+        else:
+            loop.fileevent(ch, "writable", None)
+        ch.configure(translation="binary")
+        timer = loop.after(self.banner_timeout * 1000.0, self._banner_over, ch)
+        self._banners[ch] = [host, port, name, detail, bytearray(), timer]
+        loop.fileevent(ch, "readable", self._on_banner, ch)
+
+    def _on_banner(self, ch: Channel) -> None:
+        buf = self._banners[ch][4]
+        try:
+            data = ch.read(BANNER_MAX - len(buf))
+            ended = ch.eof()
+        except OSError:             # reset while reading: still open
+            data, ended = b"", True
+        buf += data  # bytes: the channel is binary
+        if ended or len(buf) >= BANNER_MAX:
+            self._banner_over(ch)
+
+    def _banner_over(self, ch: Channel) -> None:
+        entry = self._banners.pop(ch, None)
+        if entry is None:
+            return
+        host, port, name, detail, buf, timer = entry
+        self.loop.after_cancel(timer)
+        ch.close(force=True)
+        self._complete(host, port, OPEN, detail, name,
+                       bytes(buf[:BANNER_MAX]).decode("utf-8", "backslashreplace"))
+        self._fill(self._busy + 2)
 
     def _seal(self) -> None:
         """End of the pass: the batch of connects started in it gets its timer."""
@@ -422,12 +691,12 @@ class Scanner:
         """The timeout of ``batch``: its pairs still in flight timed out."""
         self._expiries.popleft()
         expired = []
-        for ch, entry in self._flight.items():      # oldest first
+        for fd, entry in self._flight.items():      # oldest first
             if entry[0] > batch:
                 break
-            expired.append(ch)
-        for ch in expired:
-            _, host, port, name = self._flight.pop(ch)
+            expired.append(fd)
+        for fd in expired:
+            _, ch, host, port, name = self._flight.pop(fd)
             # An ICMP error the kernel keeps as a soft error (IPv6 host
             # unreachable during the SYN) is already in SO_ERROR: it is the
             # better answer.  A connect still in progress reads None.
@@ -442,8 +711,10 @@ class Scanner:
         self._fill()
 
     def _complete(self, host: str, port: int, state: str, detail: str,
-                  name: str | None) -> None:
+                  name: str | None, banner: str | None = None) -> None:
         """Count one result and hand it to ``on_result``."""
+        if self._starved_since is not None:     # a connect got somewhere
+            self._starved_since = None
         self._busy -= 1
         self.done += 1
         self.counts[state] += 1
@@ -453,8 +724,11 @@ class Scanner:
                 self._credit = 0
                 self._limit += 1
         if self.on_result is not None:
+            if banner is None and self.banner and state == OPEN:
+                banner = ""
             try:
-                self.on_result(Result(host, port, state, detail, name))
+                # tuple.__new__: the NamedTuple's own __new__ is Python code.
+                self.on_result(_new_tuple(Result, (host, port, state, detail, name, banner)))
             except Exception as exc:
                 self.loop.report(exc)
 
@@ -462,8 +736,13 @@ class Scanner:
         if self.finished:
             return
         self.finished = True
-        self.finished_at = time.monotonic()
+        self.finished_at = self.loop.time()
+        if self._ep is not None:
+            self.loop.fileevent(self._ep.fileno(), "readable", None)
+            self._ep.close()
+            self._ep = None
         self.loop.after_cancel(self._sealing)
+        self.loop.after_cancel(self._kick)
         for timer in self._expiries:
             self.loop.after_cancel(timer)
         self._expiries.clear()
@@ -476,7 +755,8 @@ class Scanner:
                 self.loop.report(exc)
 
     def __repr__(self) -> str:
-        state = ("cancelled" if self.cancelled else "finished" if self.finished
+        state = ("cancelled" if self.cancelled else "failed" if self.failure is not None
+                 else "finished" if self.finished
                  else "running" if self.started_at is not None else "new")
         return (f"<Scanner {state} {self.done}/{self.total} done,"
                 f" {self._busy} in flight>")
@@ -484,19 +764,23 @@ class Scanner:
 
 def scan(targets: Any, ports: Any, timeout: float = 2.0,
          concurrency: int | None = None, loop: Loop | None = None,
-         *, exclude: Any = None) -> Iterator[Result]:
+         *, exclude: Any = None, **options: Any) -> Iterator[Result]:
     """Scan every (host, port); yield each `Result` as it is classified.
 
-    Arguments as for `Scanner`.  Bad targets, ports, timeout or concurrency
-    raise ValueError here, before any connection.  The returned iterator
-    drives ``loop`` (default: the thread's loop) while it waits, so other
-    handlers on that loop keep running; nothing is sent until the first
-    ``next()``.  Closing the iterator early (``break``, an exception,
-    Ctrl-C) cancels the scan and closes its sockets.
+    Arguments as for `Scanner` (``rate``, ``shard``, ``randomize``,
+    ``seed``, ``skip``, ``banner``, ``banner_timeout`` as keywords).  Bad
+    arguments raise ValueError here, before any connection.  The returned
+    iterator drives ``loop`` (default: the thread's loop) while it waits,
+    so other handlers on that loop keep running; nothing is sent until the
+    first ``next()``.  Closing the iterator early (``break``, an exception,
+    Ctrl-C) cancels the scan and closes its sockets.  When not even one
+    socket can be had with nothing in flight (a descriptor limit too low
+    for the program itself), the iterator raises that OSError after the
+    results it has.
     """
     results: deque[Result] = deque()
     scanner = Scanner(targets, ports, timeout, concurrency, loop,
-                      on_result=results.append, exclude=exclude)
+                      on_result=results.append, exclude=exclude, **options)
     return _drive(scanner, results)
 
 
@@ -509,6 +793,8 @@ def _drive(scanner: Scanner, results: deque[Result]) -> Iterator[Result]:
             while results:
                 yield pop()
             if scanner.finished:
+                if scanner.failure is not None:
+                    raise scanner.failure
                 return
             run_once()
     finally:

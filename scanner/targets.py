@@ -299,21 +299,63 @@ class Targets:
             s for s in self._segments if isinstance(s, Name))
         #: Items iteration yields: distinct addresses plus distinct names.
         self.count: int = self._addresses + len(self.names)
+        # Index of each segment's first item: item i is found by bisection,
+        # so any part of a /8 can be had without walking to it.
+        self._starts: list[int] = []
+        first = 0
+        for seg in self._segments:
+            self._starts.append(first)
+            first += 1 if isinstance(seg, Name) else seg[2] - seg[1] + 1
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[str | Name]:
-        for seg in self._segments:
+        return self.items(0, self.count)
+
+    def __getitem__(self, i: int) -> str | Name:
+        """Item ``i`` of the iteration order (negative counts from the end),
+        found without iterating; IndexError outside it."""
+        if i < 0:
+            i += self.count
+        if not 0 <= i < self.count:
+            raise IndexError(f"target index {i} out of range")
+        j = bisect.bisect_right(self._starts, i) - 1
+        seg = self._segments[j]
+        if isinstance(seg, Name):
+            return seg
+        n = seg[1] + i - self._starts[j]
+        if seg[0] == 4:
+            return socket.inet_ntoa(n.to_bytes(4, "big"))
+        return str(ipaddress.IPv6Address(n))
+
+    def items(self, start: int, stop: int) -> Iterator[str | Name]:
+        """Items ``start`` to ``stop - 1`` of the iteration order, lazily
+        (the first found by bisection, the rest by walking)."""
+        start, stop = max(0, start), min(stop, self.count)
+        if start >= stop:
+            return
+        j = bisect.bisect_right(self._starts, start) - 1
+        left = stop - start
+        skip = start - self._starts[j]
+        ntoa = socket.inet_ntoa
+        for seg in self._segments[j:]:
             if isinstance(seg, Name):
                 yield seg
-            elif seg[0] == 4:
-                ntoa = socket.inet_ntoa
-                for i in range(seg[1], seg[2] + 1):
-                    yield ntoa(i.to_bytes(4, "big"))
+                left -= 1
             else:
-                for i in range(seg[1], seg[2] + 1):
-                    yield str(ipaddress.IPv6Address(i))
+                lo = seg[1] + skip
+                hi = min(seg[2] + 1, lo + left)
+                left -= hi - lo
+                if seg[0] == 4:
+                    for n in range(lo, hi):
+                        yield ntoa(n.to_bytes(4, "big"))
+                else:
+                    for n in range(lo, hi):
+                        yield str(ipaddress.IPv6Address(n))
+            skip = 0
+            if left <= 0:
+                return
 
     @property
     def addresses(self) -> int:
@@ -361,7 +403,7 @@ def _parse_items(spec: object) -> Iterator[tuple[int, int, int] | Name]:
             spec, (ipaddress.IPv4Address, ipaddress.IPv6Address,
                    ipaddress.IPv4Network, ipaddress.IPv6Network)):
         spec = [spec]
-    for entry in spec:  # type: ignore[union-attr]
+    for entry in spec:  # type: ignore[attr-defined]
         if isinstance(entry, (Name, ipaddress.IPv4Address, ipaddress.IPv6Address,
                               ipaddress.IPv4Network, ipaddress.IPv6Network)):
             entry = str(entry)
