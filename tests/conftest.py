@@ -6,10 +6,17 @@ section of its own.
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,17 +49,184 @@ def loop():
     lp.close()
 
 
+# --- a clock the test drives ---
+# trio's MockClock on evloop's clock hook.  A Loop given ``clock=`` reads the
+# time from it, and asks its ``deadline_to_sleep_time(deadline)`` how many
+# real seconds to sleep before the nearest timer (trio's
+# ``Clock.deadline_to_sleep_time``).  Fake time never moves by itself: the
+# test moves it with ``advance``, or lets it jump (``autojump_threshold``).
+
+# "Sleep until I/O comes": finite, as epoll_wait needs (2**31 ms at most).
+_FOREVER = 86400.0
+
+
+class FakeClock:
+    """A monotonic clock in fake seconds, for ``evloop.Loop(clock=...)``.
+
+    ``clock()`` is the fake time; ``advance(s)`` moves it.  With the default
+    ``autojump_threshold`` (infinity) time moves only when the test says so,
+    and a loop waiting for a timer that is not due sleeps until I/O comes.
+
+    With a finite ``autojump_threshold`` and the loop ``attach``-ed, fake
+    time jumps to the nearest timer deadline once the loop has really found
+    nothing to do (trio's ``MockClock.autojump_threshold``): a pass of the
+    loop ran nothing after waiting at least the threshold (seen from an idle
+    callback, which the loop runs only when nothing else ran), the loop
+    reports no other work (``backend_timeout()``), and no I/O became ready
+    on its descriptor (``backend_fd()``) for another threshold of real
+    seconds.  Real I/O -- loopback sockets, a child's output, a thread's
+    ``call_soon_threadsafe`` -- is thus always handled before a jump, as
+    long as it comes within the threshold.  A pass whose caller did not let
+    it wait (``update()``, ``run_once(0)``) never jumps.  ``jumps`` counts
+    the jumps.
+    """
+
+    def __init__(self, start: float = 1000.0, autojump_threshold: float = math.inf) -> None:
+        self.now = float(start)
+        self.autojump_threshold = autojump_threshold
+        self.jumps = 0
+        self._loop: evloop.Loop | None = None
+        self._probe: evloop.TimerId | None = None    # the pending idle check
+        self._armed_at = 0.0        # real time its pass was allowed to sleep
+        self._skip = False          # the last check found a pass cut short
+        self._asking = False        # inside our own backend_timeout() call
+        self._deadline: float | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward (ValueError if negative)."""
+        if seconds < 0:
+            raise ValueError(f"a monotonic clock can't go back ({seconds} s)")
+        self.now += seconds
+
+    def attach(self, loop: evloop.Loop) -> evloop.Loop:
+        """Let autojump watch ``loop`` (made with ``clock=self``); returns it."""
+        self._loop = loop
+        return loop
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        """Real seconds the loop may sleep for a timer due at ``deadline``."""
+        if self._asking:                    # our check asked the loop: note it
+            self._deadline = deadline
+            return 0.0
+        if deadline <= self.now:
+            return 0.0
+        threshold, loop = self.autojump_threshold, self._loop
+        if loop is None or threshold == math.inf:
+            return _FOREVER
+        if self._probe is not None and self._pending(self._probe):
+            return threshold
+        if self._skip:
+            # The last check ran in a pass cut short by its caller
+            # (update() loops while a pass runs anything: a new check
+            # each pass would keep it looping).  Let this pass run nothing.
+            self._skip = False
+            self._probe = None
+            return threshold
+        self._armed_at = time.monotonic()
+        self._probe = loop.after_idle(self._check)
+        return threshold
+
+    def _pending(self, timer: evloop.TimerId) -> bool:
+        assert self._loop is not None
+        try:
+            self._loop.after_info(timer)
+        except ValueError:
+            return False
+        return True
+
+    def _check(self) -> None:
+        """Idle callback: the pass that runs it ran nothing else.  Jump if
+        the loop was let sleep, has nothing else to do, and no I/O comes."""
+        self._probe = None
+        loop, threshold = self._loop, self.autojump_threshold
+        if loop is None or threshold == math.inf:
+            return
+        if time.monotonic() - self._armed_at < threshold / 2:
+            self._skip = True               # update(), run_once(0): no jump
+            return
+        self._asking, self._deadline = True, None
+        try:
+            work = loop.backend_timeout()   # asks us for the nearest deadline
+        finally:
+            self._asking = False
+        deadline = self._deadline
+        if work is None or deadline is None or deadline <= self.now:
+            return                          # no timer, or other work first
+        # I/O in flight (a reply on loopback, a child's output, a thread's
+        # wakeup) gets a whole threshold of real time to arrive.  epoll's
+        # descriptor is readable while any watched descriptor is ready.
+        ready, _, _ = select.select([loop.backend_fd()], [], [], threshold)
+        if ready:
+            return
+        self.now = deadline
+        self.jumps += 1
+
+
+#: Real seconds of quiet before an autojumping clock jumps: far more than
+#: loopback I/O between sockets of this process takes, small enough that a
+#: jump costs a test nothing.
+AUTOJUMP = 0.02
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A FakeClock the test moves by hand (``clock.advance(s)``)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_loop(clock):
+    """A Loop on the ``clock`` fixture (not the thread's default)."""
+    lp = clock.attach(evloop.Loop(clock=clock))
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def autojump_clock() -> FakeClock:
+    """A FakeClock that jumps after `AUTOJUMP` real seconds of nothing to do."""
+    return FakeClock(autojump_threshold=AUTOJUMP)
+
+
+@pytest.fixture
+def autojump_loop(autojump_clock):
+    """A Loop whose FakeClock jumps to the next timer whenever the loop has
+    found nothing to do for `AUTOJUMP` real seconds: timeouts are exact
+    (``loop.time()``) and cost no waiting.  Not the thread's default."""
+    lp = autojump_clock.attach(evloop.Loop(clock=autojump_clock))
+    yield lp
+    lp.close()
+
+
 def wait_for(loop: evloop.Loop, predicate, timeout: float = 5.0) -> None:
-    """Run ``loop`` until ``predicate()`` is true; fail after ``timeout`` s."""
-    expired = evloop.Var(False)
-    timer = loop.after(timeout * 1000, expired.set, True)
-    try:
-        while not predicate():
-            if expired.get():
-                pytest.fail(f"condition not met within {timeout} s")
-            loop.run_once(0.05)
-    finally:
-        loop.after_cancel(timer)
+    """Run ``loop`` until ``predicate()`` is true; fail after ``timeout``
+    real seconds (real, so a fake clock that does not move can't hang it)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        loop.run_once(0.1)
+
+
+def eventually(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds, for what another process does on
+    its own schedule (a server noticing a closed connection); fail after
+    ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +271,6 @@ def tnet(testnet_module):
 # with other options; the `portmgr` fixture starts one with the defaults.
 # `start_original_portmgr` starts the original NSCLDAQ server (opt-in).
 
-import signal as _pm_signal  # noqa: E402  (kept beside the fixtures that use them)
-import socket as _pm_socket  # noqa: E402
-import subprocess as _pm_subprocess  # noqa: E402
-import time as _pm_time  # noqa: E402
-from types import SimpleNamespace as _PmNamespace  # noqa: E402
-
 
 class PortManagerProcess:
     """A running port manager: ``.port`` (its listen port), ``.proc`` (the
@@ -113,11 +281,11 @@ class PortManagerProcess:
         self.proc, self.port, self.paths = proc, port, paths
         self.low, self.high = low, high
 
-    def connect(self, host: str = "127.0.0.1", timeout: float = 5.0) -> _pm_socket.socket:
+    def connect(self, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
         """A blocking client socket connected to the server."""
-        return _pm_socket.create_connection((host, self.port), timeout=timeout)
+        return socket.create_connection((host, self.port), timeout=timeout)
 
-    def stop(self, sig: int = _pm_signal.SIGTERM, timeout: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Signal the server and return its exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -133,24 +301,24 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
     ``tmp_path``; wait until it has written its listen port.  ``extra`` are
     more options; ``prefix`` is put before the command (``ip netns exec
     NS``); ``popen`` goes to Popen (stderr is a pipe unless given)."""
-    paths = _PmNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
+    paths = SimpleNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
                          log=tmp_path / "portmanager.log", pidfile=tmp_path / "portmgr.pid")
     argv = [*prefix, sys.executable, "-m", "portalloc.server", "--listen", "0", "--ports", ports,
             "--portfile", str(paths.portfile), "--usagefile", str(paths.usagefile),
             "--log", str(paths.log), "--pidfile", str(paths.pidfile), *extra]
     popen.setdefault("cwd", str(ROOT))
-    popen.setdefault("stderr", _pm_subprocess.PIPE)
-    proc = _pm_subprocess.Popen(argv, **popen)
-    deadline = _pm_time.monotonic() + timeout
+    popen.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(argv, **popen)
+    deadline = time.monotonic() + timeout
     # The port file is written atomically once the server listens.
     while not paths.portfile.exists():
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             pytest.fail(f"port manager exited with {proc.returncode}: {err}")
-        if _pm_time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("port manager did not start")
-        _pm_time.sleep(0.01)
+        time.sleep(0.01)
     low, high = (int(x) for x in ports.split("-"))
     return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
 
@@ -167,31 +335,31 @@ def start_original_portmgr(tmp_path, tclsh: str, ports: str,
         pytest.skip("set NSCLDAQ_SERVER_DIR to the original port manager's directory")
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private /var/tmp")
-    with _pm_socket.socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         listen = s.getsockname()[1]
-    paths = _PmNamespace(portfile=tmp_path / "listen.port", log=tmp_path / "portmanager.log",
+    paths = SimpleNamespace(portfile=tmp_path / "listen.port", log=tmp_path / "portmanager.log",
                          pidfile=tmp_path / "portmgr.pid")
     inner = (f"mount -t tmpfs none /var/tmp && mkdir -p /var/tmp/daqportmgr && exec {tclsh} "
              f"{root / 'bin' / 'DaqPortManager.tcl'} -listen {listen} -ports {ports} "
              f"-log {paths.log} -portfile {paths.portfile} -pidfile {paths.pidfile}")
     # unshare and sh exec, so the process is tclsh itself.
-    proc = _pm_subprocess.Popen(["unshare", "-m", "sh", "-c", inner],
-                                stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.PIPE)
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", inner],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     paths.usagefile = Path(f"/proc/{proc.pid}/root/var/tmp/daqportmgr/ports.txt")
-    deadline = _pm_time.monotonic() + timeout
+    deadline = time.monotonic() + timeout
     # It writes the port file before it listens: wait for a connect.
     while True:
         if proc.poll() is not None:
             pytest.skip(f"original port manager did not start: {proc.stderr.read()[:200]!r}")
         try:
-            _pm_socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
             break
         except OSError:
-            if _pm_time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail("original port manager did not start listening")
-            _pm_time.sleep(0.01)
+            time.sleep(0.01)
     low, high = (int(x) for x in ports.split("-"))
     return PortManagerProcess(proc, listen, paths, low, high)
 
