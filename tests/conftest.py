@@ -6,8 +6,10 @@ section of its own.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import random
 import select
 import shutil
 import signal
@@ -229,6 +231,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Lab:
+    """Port ``port`` held on every address of a loopback /24, ``net``.0 to
+    ``net``.255: a listener on the ``OPEN`` addresses, a full accept queue
+    on the ``SILENT`` ones (the kernel drops further SYNs, so a connect
+    hangs: a silent host), a socket bound but not listening elsewhere
+    (refused).  ``held[n]`` is the socket bound on .n.  ``net`` defaults to
+    a random free 127.x.y."""
+
+    OPEN = (3, 5, 9)
+
+    def __init__(self, net: str | None = None, silent=range(12, 28)) -> None:
+        self.SILENT = tuple(silent)
+        self.sockets: list[socket.socket] = []
+        for _ in range(100):
+            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
+            try:
+                self._take()
+                return
+            except OSError as exc:
+                self.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise RuntimeError("no free port on a loopback /24")
+
+    def _take(self) -> None:
+        self.port = 0
+        self.held: dict[int, socket.socket] = {}
+        for n in range(256):
+            s = socket.socket()
+            self.sockets.append(s)
+            self.held[n] = s
+            s.bind((self.addr(n), self.port))       # no SO_REUSEADDR: exclusive
+            self.port = s.getsockname()[1]
+            if n in self.OPEN:
+                s.listen(64)
+            elif n in self.SILENT:
+                # One connection fills a backlog-0 accept queue; later SYNs
+                # are dropped.
+                s.listen(0)
+                self.sockets.append(socket.create_connection((self.addr(n), self.port), timeout=5))
+
+    def addr(self, n: int) -> str:
+        return f"{self.net}.{n}"
+
+    def expected(self, host: str) -> str:
+        """The state a scan must report for ``host``."""
+        n = int(host.rsplit(".", 1)[1])
+        return "open" if n in self.OPEN else "timeout" if n in self.SILENT else "refused"
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets.clear()
+
+
 @pytest.fixture(scope="session")
 def tclsh() -> str:
     """Path of tclsh 8.6, or skip."""
@@ -335,9 +392,7 @@ def start_original_portmgr(tmp_path, tclsh: str, ports: str,
         pytest.skip("set NSCLDAQ_SERVER_DIR to the original port manager's directory")
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private /var/tmp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen = s.getsockname()[1]
+    listen = free_port()
     paths = SimpleNamespace(portfile=tmp_path / "listen.port", log=tmp_path / "portmanager.log",
                          pidfile=tmp_path / "portmgr.pid")
     inner = (f"mount -t tmpfs none /var/tmp && mkdir -p /var/tmp/daqportmgr && exec {tclsh} "
@@ -364,6 +419,13 @@ def start_original_portmgr(tmp_path, tclsh: str, ports: str,
     return PortManagerProcess(proc, listen, paths, low, high)
 
 
+def listed(pm) -> list:
+    """The allocations a port manager lists now (``Allocation``s)."""
+    from portalloc import PortAllocator
+    with PortAllocator("localhost", pm.port) as pa:
+        return pa.list_ports()
+
+
 @pytest.fixture
 def portmgr(tmp_path):
     """A port manager subprocess (ports 21001-21100, listen port picked by
@@ -375,3 +437,18 @@ def portmgr(tmp_path):
     pm.proc.wait(10)
     if pm.proc.stderr:
         pm.proc.stderr.close()
+
+
+@pytest.fixture
+def full_portmgr(tmp_path):
+    """A port manager with one port in its range, held by a client (the
+    application ``hog``) for the whole test: every other GIMME fails."""
+    from portalloc import PortAllocator
+    port = free_port()
+    pm = start_portmgr(tmp_path, ports=f"{port}-{port}")
+    try:
+        with PortAllocator("localhost", pm.port) as hog:
+            hog.allocate_port("hog")
+            yield pm
+    finally:
+        pm.stop()

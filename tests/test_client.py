@@ -12,11 +12,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import start_original_portmgr, start_portmgr, wait_for
+from conftest import eventually, free_port, start_original_portmgr, start_portmgr, wait_for
 
 from portalloc import client
 from portalloc.client import (
@@ -34,25 +33,9 @@ pytestmark = pytest.mark.timeout(30)
 ME = login_user()
 
 
-def eventually(predicate, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds: the manager notices a closed
-    connection on its own schedule, so "freed" can only be observed."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-
-
 def listed_ports(pm) -> set[int]:
     with PortAllocator("localhost", pm.port) as observer:
         return {a.port for a in observer.list_ports()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------ round trips

@@ -966,30 +966,37 @@ def _child(code: str) -> subprocess.Popen:
                             text=True, env=env, cwd=ROOT)
 
 
+def _signalled(code: str, sig: int) -> tuple[int, str, str]:
+    """Run ``code`` in a child; once it prints "running", send it ``sig``.
+    Returns its exit status and what it wrote after that line."""
+    child = _child(code)
+    try:
+        assert child.stdout.readline() == "running\n"
+        child.send_signal(sig)
+        out, err = child.communicate(timeout=5)
+    finally:
+        child.kill()
+    return child.returncode, out, err
+
+
 @pytest.mark.timeout(10)
 def test_sigterm_with_on_signal_stops_run_and_the_process_exits_cleanly():
-    child = _child("""
+    status, out, err = _signalled("""
         import signal, evloop
         loop = evloop.get_loop()
         loop.on_signal(signal.SIGTERM, loop.stop)
         loop.after(0, lambda: print("running", flush=True))
         loop.run()
         print("run returned")
-    """)
-    try:
-        assert child.stdout.readline() == "running\n"
-        child.send_signal(signal.SIGTERM)
-        out, err = child.communicate(timeout=5)
-    finally:
-        child.kill()
+    """, signal.SIGTERM)
 
-    assert child.returncode == 0, err
+    assert status == 0, err
     assert out == "run returned\n"
 
 
 @pytest.mark.timeout(10)
 def test_sigint_without_a_handler_raises_keyboard_interrupt_out_of_run():
-    child = _child("""
+    status, out, err = _signalled("""
         import signal, sys, evloop
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
         loop = evloop.get_loop()
@@ -1000,15 +1007,9 @@ def test_sigint_without_a_handler_raises_keyboard_interrupt_out_of_run():
             print("KeyboardInterrupt out of run()", flush=True)
             sys.exit(3)
         print("run returned")
-    """)
-    try:
-        assert child.stdout.readline() == "running\n"
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=5)
-    finally:
-        child.kill()
+    """, signal.SIGINT)
 
-    assert child.returncode == 3, err
+    assert status == 3, err
     assert out == "KeyboardInterrupt out of run()\n"
 
 

@@ -13,7 +13,6 @@ import errno
 import importlib
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import Lab, wait_for
 
 import evloop
 from scanner.scan import MAX_CONCURRENCY, Scanner, classify, default_concurrency, scan
@@ -36,56 +35,6 @@ scan_mod = importlib.import_module("scanner.scan")
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Lab:
-    """Port ``port`` held on every address of ``net``.0/24 (see the module notes)."""
-
-    OPEN = (3, 5, 9)
-    SILENT = tuple(range(12, 28))
-
-    def __init__(self, net: str | None = None) -> None:
-        self.sockets: list[socket.socket] = []
-        for _ in range(100):
-            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
-            if self._take():
-                return
-        raise RuntimeError("no free port on a loopback /24")
-
-    def _take(self) -> bool:
-        self.port = 0
-        try:
-            for n in range(256):
-                s = socket.socket()
-                self.sockets.append(s)
-                s.bind((self.addr(n), self.port))   # no SO_REUSEADDR: exclusive
-                self.port = s.getsockname()[1]
-                if n in self.OPEN:
-                    s.listen(64)
-                elif n in self.SILENT:
-                    s.listen(0)
-                    # One connection fills a backlog-0 accept queue; later
-                    # SYNs are dropped, so connects hang: a silent host.
-                    filler = socket.create_connection((self.addr(n), self.port), timeout=5)
-                    self.sockets.append(filler)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            self.close()
-            return False
-        return True
-
-    def addr(self, n: int) -> str:
-        return f"{self.net}.{n}"
-
-    def expected(self, host: str) -> str:
-        n = int(host.rsplit(".", 1)[1])
-        return "open" if n in self.OPEN else "timeout" if n in self.SILENT else "refused"
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
-        self.sockets.clear()
 
 
 @pytest.fixture

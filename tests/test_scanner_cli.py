@@ -7,72 +7,32 @@ every address (listeners on .3 .5 .9, a full accept queue -- silent -- on
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pty
-import random
 import resource
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import Lab
 
 from scanner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
 
-OPEN = (3, 5, 9)
-SILENT = (12, 13, 14, 15)
-
-
-class _Lab:
-    def __init__(self, net: str | None = None) -> None:
-        self.sockets: list[socket.socket] = []
-        for _ in range(100):
-            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
-            try:
-                self._take()
-                return
-            except OSError as exc:
-                self.close()
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-        raise RuntimeError("no free port on a loopback /24")
-
-    def _take(self) -> None:
-        self.port = 0
-        self.held: dict[int, socket.socket] = {}
-        for n in range(256):
-            s = socket.socket()
-            self.sockets.append(s)
-            self.held[n] = s
-            s.bind((self.addr(n), self.port))
-            self.port = s.getsockname()[1]
-            if n in OPEN:
-                s.listen(64)
-            elif n in SILENT:
-                s.listen(0)
-                self.sockets.append(socket.create_connection((self.addr(n), self.port), 5))
-
-    def addr(self, n: int) -> str:
-        return f"{self.net}.{n}"
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
-        self.sockets.clear()
+OPEN = Lab.OPEN
+SILENT = range(12, 16)
 
 
 @pytest.fixture
 def lab():
-    lb = _Lab()
+    lb = Lab(silent=SILENT)
     yield lb
     lb.close()
 
@@ -282,7 +242,7 @@ def test_low_descriptor_limit_same_json_results(lab):
 @pytest.fixture
 def lab0():
     """The lab on 127.0.0.0/24, the base the Tcl script would be given."""
-    lb = _Lab("127.0.0")
+    lb = Lab("127.0.0", silent=SILENT)
     yield lb
     lb.close()
 
