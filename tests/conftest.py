@@ -83,7 +83,7 @@ class FakeClock:
     the jumps.
     """
 
-    def __init__(self, start: float = 1000.0, autojump_threshold: float = math.inf) -> None:
+    def __init__(self, start: float = 0.0, autojump_threshold: float = math.inf) -> None:
         self.now = float(start)
         self.autojump_threshold = autojump_threshold
         self.jumps = 0
@@ -130,6 +130,12 @@ class FakeClock:
         self._armed_at = time.monotonic()
         self._probe = loop.after_idle(self._check)
         return threshold
+
+    @property
+    def probe(self) -> evloop.TimerId | None:
+        """The idle callback the clock has queued on its loop to check for
+        quiet, or None (a test that lists ``after_info()`` leaves it out)."""
+        return self._probe
 
     def _pending(self, timer: evloop.TimerId) -> bool:
         assert self._loop is not None

@@ -203,19 +203,20 @@ def test_sigint_on_the_test_subnet_exits_130(tnet):
 # ------------------------------------------------------------ progress line
 
 def test_progress_line_only_on_a_terminal(lab):
-    piped = _run([f"{lab.net}.10-15", "-p", str(lab.port), "--timeout", "0.6"])
-    assert "\r" not in piped.stderr
+    argv = [sys.executable, "-m", "scanner", f"{lab.net}.10-15", "-p", str(lab.port),
+            "--timeout", "0.6"]
+    # The same scan twice at once: stderr a pipe, and a terminal.
+    piped = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scanner", f"{lab.net}.10-15", "-p", str(lab.port),
-             "--timeout", "0.6"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
         err = _read_until(master, b"scanned in")
         proc.communicate(timeout=10)
     finally:
         os.close(master)
+    _, piped_err = piped.communicate(timeout=10)
+    assert b"scanned in" in piped_err and b"\r" not in piped_err
     assert b"\r2/6 " in err and b"ETA" in err
 
 
@@ -227,14 +228,17 @@ def _limit_fds():
 
 def test_low_descriptor_limit_same_json_results(lab):
     args = [f"{lab.net}.0/24", "-p", str(lab.port), "--json", "--timeout", "0.3"]
-    free = _run(args)
+    # The unconstrained scan runs at the same time as the constrained one.
+    free = subprocess.Popen([sys.executable, "-m", "scanner", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tight = _run(args + ["--concurrency", "500"], preexec_fn=_limit_fds)
+    free_out, _ = free.communicate(timeout=30)
     assert free.returncode == tight.returncode == 0, tight.stderr
 
-    def results(r):
-        return sorted(line for line in r.stdout.splitlines() if '"result"' in line)
+    def results(out):
+        return sorted(line for line in out.splitlines() if '"result"' in line)
 
-    assert results(tight) == results(free) and len(results(free)) == 256
+    assert results(tight.stdout) == results(free_out) and len(results(free_out)) == 256
 
 
 # ---------------------------------------------------------- examples/scan.py
@@ -247,8 +251,26 @@ def lab0():
     lb.close()
 
 
-def _example(args, **kw):
-    return subprocess.run([sys.executable, str(ROOT / "examples" / "scan.py"), *args],
+# Runs a script on a FakeClock that jumps (conftest) as the thread's loop:
+# the example's 2 s timeout of the silent hosts costs no waiting.
+_ON_FAKE_CLOCK = """
+import runpy, sys
+sys.path.insert(0, sys.argv.pop(1))
+import evloop
+from conftest import AUTOJUMP, FakeClock
+clock = FakeClock(autojump_threshold=AUTOJUMP)
+evloop.set_loop(clock.attach(evloop.Loop(clock=clock)))
+del sys.argv[0]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _example(args, fake_clock=False, **kw):
+    """Run examples/scan.py ARGS as a user would, or on a fake clock."""
+    script = [str(ROOT / "examples" / "scan.py"), *args]
+    if fake_clock:
+        script = ["-c", _ON_FAKE_CLOCK, str(ROOT / "tests"), *script]
+    return subprocess.run([sys.executable, *script],
                           capture_output=True, text=True, timeout=30, **kw)
 
 
@@ -273,17 +295,17 @@ def test_example_scan_output_is_what_tcl_parray_prints(lab0, tclsh):
 
 
 def test_example_scan_with_few_descriptors_waits_for_them(lab0):
-    free = _example(["127.0.0", str(lab0.port)])
-    tight = _example(["127.0.0", str(lab0.port)],
+    free = _example(["127.0.0", str(lab0.port)], fake_clock=True)
+    tight = _example(["127.0.0", str(lab0.port)], fake_clock=True,
                      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)))
     assert tight.returncode == 0, tight.stderr
-    assert tight.stdout == free.stdout
+    assert tight.stdout == free.stdout == "\n".join(_parray_lines(lab0.port)) + "\n"
 
 
 def test_example_scan_exits_0_with_nothing_open_and_prints_nothing(lab0):
     for n in OPEN:                  # the listeners go: every address refuses
         lab0.held[n].close()
-    r = _example(["127.0.0", str(lab0.port)])
+    r = _example(["127.0.0", str(lab0.port)], fake_clock=True)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
