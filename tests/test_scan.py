@@ -351,7 +351,7 @@ limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 sys.path.insert(0, "tests")
 import evloop
-from conftest import AUTOJUMP, FakeClock
+from fakeclock import AUTOJUMP, FakeClock
 from scanner.scan import scan
 clock = FakeClock(autojump_threshold=AUTOJUMP)
 loop = clock.attach(evloop.Loop(clock=clock))

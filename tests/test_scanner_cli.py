@@ -257,7 +257,7 @@ _ON_FAKE_CLOCK = """
 import runpy, sys
 sys.path.insert(0, sys.argv.pop(1))
 import evloop
-from conftest import AUTOJUMP, FakeClock
+from fakeclock import AUTOJUMP, FakeClock
 clock = FakeClock(autojump_threshold=AUTOJUMP)
 evloop.set_loop(clock.attach(evloop.Loop(clock=clock)))
 del sys.argv[0]
@@ -266,7 +266,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def _example(args, fake_clock=False, **kw):
-    """Run examples/scan.py ARGS as a user would, or on a fake clock."""
+    """Run examples/scan.py ARGS as a user would (the usage tests), or on a
+    fake clock (the scans: only the clock differs, the script runs whole)."""
     script = [str(ROOT / "examples" / "scan.py"), *args]
     if fake_clock:
         script = ["-c", _ON_FAKE_CLOCK, str(ROOT / "tests"), *script]
@@ -281,7 +282,7 @@ def _parray_lines(port: int) -> list[str]:
 
 
 def test_example_scan_prints_parray_lines_of_the_open_hosts(lab0):
-    r = _example(["127.0.0", str(lab0.port)])
+    r = _example(["127.0.0", str(lab0.port)], fake_clock=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == _parray_lines(lab0.port)
     assert r.stderr == ""
