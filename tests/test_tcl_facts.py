@@ -429,3 +429,14 @@ def test_tcl_server_without_myaddr_listens_on_ipv4_and_ipv6(tclsh, tmp_path):
     """)
     v4, v4name, port4, v6, v6name, port6 = out[0].split()
     assert (v4, v4name, v6, v6name) == ("0.0.0.0", "0.0.0.0", "::", "::") and port4 == port6
+
+
+def test_tcl_a_closed_channel_is_gone_and_utf16_is_an_encoding(tclsh, tmp_path):
+    out = tcl(tclsh, tmp_path, """
+        lassign [pair] c s
+        puts [catch {fconfigure $s -encoding unicode}]
+        close $c
+        catch {fileevent $c readable {puts x}} m
+        puts [string map [list $c sock] $m]
+    """)
+    assert out == ["0", 'can not find channel named "sock"']
