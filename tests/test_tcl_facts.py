@@ -202,26 +202,21 @@ def test_tcl_socket_async_refused_on_loopback_does_not_raise_and_error_is_read_o
                    "peername 1 can't get peername: socket is not connected"]
 
 
-def test_tcl_socket_async_raises_for_an_immediate_failure(tclsh, tmp_path):
-    # 127.255.255.255 is the broadcast address of lo's route: connect()
-    # fails at once with ENETUNREACH (no packet is sent).
-    out = tcl(tclsh, tmp_path, """
-        puts [catch {socket -async 127.255.255.255 9} m opts]
-        puts $m
-        puts [dict get $opts -errorcode]
-    """)
-    assert out == ["1", "couldn't open socket: network is unreachable",
-                   "POSIX ENETUNREACH {network is unreachable}"]
-
-
-def test_tcl_blocking_socket_reports_a_refused_connect_as_an_error(tclsh, tmp_path):
-    out = tcl(tclsh, tmp_path, """
-        puts [catch {socket 127.0.0.1 [lindex $argv 0]} m opts]
+# 127.255.255.255 is the broadcast address of lo's route: connect() fails
+# at once with ENETUNREACH (no packet is sent), and socket -async raises.
+# A blocking socket raises for a refused port.
+@pytest.mark.parametrize("command,errno_name,message", [
+    ("socket -async 127.255.255.255 9", "ENETUNREACH", "network is unreachable"),
+    ("socket 127.0.0.1 $port", "ECONNREFUSED", "connection refused"),
+], ids=["async-immediate-failure", "blocking-refused"])
+def test_tcl_socket_raises_a_posix_error(tclsh, tmp_path, command, errno_name, message):
+    out = tcl(tclsh, tmp_path, f"""
+        set port [lindex $argv 0]
+        puts [catch {{{command}}} m opts]
         puts $m
         puts [dict get $opts -errorcode]
     """, free_port())
-    assert out == ["1", "couldn't open socket: connection refused",
-                   "POSIX ECONNREFUSED {connection refused}"]
+    assert out == ["1", f"couldn't open socket: {message}", f"POSIX {errno_name} {{{message}}}"]
 
 
 # --------------------------------------------------------------- fconfigure

@@ -518,11 +518,8 @@ def test_autojump_handles_loopback_io_before_any_jump(autojump_loop, autojump_cl
     start = loop.time()
 
     def echo(ch):
-        line = ch.gets()
-        if line is not None:
+        if (line := ch.gets()) is not None:
             ch.puts(line)
-        elif ch.eof():
-            ch.close()
 
     def accept(ch, _host, _port):
         loop.fileevent(ch, "readable", echo, ch)
