@@ -567,7 +567,9 @@ def test_async_list_joins_an_allocation_split_over_lines(loop):
     fm.close()
 
 
-def test_async_timeout_of_a_silent_manager(loop):
+def test_async_timeout_of_a_silent_manager(autojump_loop):
+    # On the fake clock (conftest): the deadline is exact and costs no wait.
+    loop = autojump_loop
     release = threading.Event()
 
     def script(fm, conn):
@@ -575,10 +577,12 @@ def test_async_timeout_of_a_silent_manager(loop):
         release.wait(10)
 
     fm = FakeManager(script)
+    start = loop.time()
     pa = AsyncPortAllocator("127.0.0.1", fm.port, loop, timeout=0.2)
     results = []
     pa.list_ports(lambda r, e: results.append((r, e)))
     run_until(loop, results, 1)
+    assert loop.time() - start == 0.2
     assert results[0][0] is None
     assert "did not answer within 0.2 s" in str(results[0][1])
     release.set()
