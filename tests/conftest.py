@@ -249,9 +249,11 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
     popen.setdefault("stderr", subprocess.PIPE)
     proc = subprocess.Popen(argv, **popen)
     deadline = time.monotonic() + timeout
-    # The port file is written atomically once the server listens (nothing
-    # else tells: a start takes ~70 ms, mostly imports, so poll it often).
-    while not paths.portfile.exists():
+    # Started means both files are there: the port file is written once the
+    # server listens, the first (empty) usage file in its first pass, a
+    # moment later.  Nothing else tells: a start takes ~70 ms, mostly
+    # imports, so poll often.
+    while not (paths.portfile.exists() and paths.usagefile.exists()):
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             pytest.fail(f"port manager exited with {proc.returncode}: {err}")
