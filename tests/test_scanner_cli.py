@@ -318,15 +318,26 @@ def test_example_scan_usage_error_exits_non_zero(args):
     assert "usage" in r.stderr or "bad target" in r.stderr
 
 
-def test_closed_pipe_stops_the_scan_without_a_traceback(lab):
-    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
-    r = _run([f"{lab.net}.0/24", "-p", str(lab.port), "--timeout", "20"], stdout=reader.stdin,
-             stderr=subprocess.PIPE)
-    reader.stdin.close()
-    first = reader.stdout.read().decode()
-    reader.stdout.close()
-    reader.wait(timeout=10)
-    assert len(first.splitlines()) == 1
+def test_closed_pipe_stops_the_scan_without_a_traceback():
+    # Sixteen silent hosts, one at a time, 0.3 s each: results trickle out
+    # for 4.8 s, so after head has taken its line and gone, a later flush
+    # meets the closed pipe and the scan stops there.  (With results that
+    # all come at once, the next write -- and the stop -- would only come
+    # when the scan ends.)
+    lab = Lab(silent=range(12, 28))
+    try:
+        reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE)
+        r = _run([f"{lab.net}.12-27", "-p", str(lab.port), "--timeout", "0.3",
+                  "--concurrency", "1"], stdout=reader.stdin, stderr=subprocess.PIPE)
+        reader.stdin.close()
+        first = reader.stdout.read().decode()
+        reader.stdout.close()
+        reader.wait(timeout=10)
+    finally:
+        lab.close()
+    assert first.split()[:2] == [f"{lab.addr(12)}:{lab.port}", "timeout"]
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
-    assert r.returncode in (0, 1)
+    assert r.returncode == 1                    # nothing open among those scanned
+    done, total = (int(w) for w in r.stderr.split(" scanned")[0].split()[-3::2])
+    assert total == 16 and 1 <= done < 16       # stopped early
