@@ -6,10 +6,17 @@ section of its own.
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +36,8 @@ def _find_testnet() -> Path:
 
 TESTNET_DIR = _find_testnet()
 
+from fakeclock import AUTOJUMP, FakeClock  # noqa: E402,F401  (tests import them from here)
+
 import evloop  # noqa: E402
 
 
@@ -42,17 +51,121 @@ def loop():
     lp.close()
 
 
+# --- a clock the test drives ---
+# FakeClock (tests/fakeclock.py: no pytest, so a child process can use it
+# too) and its fixtures.
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A FakeClock the test moves by hand (``clock.advance(s)``)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_loop(clock):
+    """A Loop on the ``clock`` fixture (not the thread's default)."""
+    lp = clock.attach(evloop.Loop(clock=clock))
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def autojump_clock() -> FakeClock:
+    """A FakeClock that jumps after `AUTOJUMP` real seconds of nothing to do."""
+    return FakeClock(autojump_threshold=AUTOJUMP)
+
+
+@pytest.fixture
+def autojump_loop(autojump_clock):
+    """A Loop whose FakeClock jumps to the next timer whenever the loop has
+    found nothing to do for `AUTOJUMP` real seconds: timeouts are exact
+    (``loop.time()``) and cost no waiting.  Not the thread's default."""
+    lp = autojump_clock.attach(evloop.Loop(clock=autojump_clock))
+    yield lp
+    lp.close()
+
+
 def wait_for(loop: evloop.Loop, predicate, timeout: float = 5.0) -> None:
-    """Run ``loop`` until ``predicate()`` is true; fail after ``timeout`` s."""
-    expired = evloop.Var(False)
-    timer = loop.after(timeout * 1000, expired.set, True)
-    try:
-        while not predicate():
-            if expired.get():
-                pytest.fail(f"condition not met within {timeout} s")
-            loop.run_once(0.05)
-    finally:
-        loop.after_cancel(timer)
+    """Run ``loop`` until ``predicate()`` is true; fail after ``timeout``
+    real seconds (real, so a fake clock that does not move can't hang it)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        loop.run_once(0.1)
+
+
+def eventually(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds, for what another process does on
+    its own schedule (a server noticing a closed connection); fail after
+    ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """Port ``port`` held on every address of a loopback /24, ``net``.0 to
+    ``net``.255: a listener on the ``OPEN`` addresses, a full accept queue
+    on the ``SILENT`` ones (the kernel drops further SYNs, so a connect
+    hangs: a silent host), a socket bound but not listening elsewhere
+    (refused).  ``held[n]`` is the socket bound on .n.  ``net`` defaults to
+    a random free 127.x.y."""
+
+    OPEN = (3, 5, 9)
+
+    def __init__(self, net: str | None = None, silent=range(12, 28)) -> None:
+        self.SILENT = tuple(silent)
+        self.sockets: list[socket.socket] = []
+        for _ in range(100):
+            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
+            try:
+                self._take()
+                return
+            except OSError as exc:
+                self.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise RuntimeError("no free port on a loopback /24")
+
+    def _take(self) -> None:
+        self.port = 0
+        self.held: dict[int, socket.socket] = {}
+        for n in range(256):
+            s = socket.socket()
+            self.sockets.append(s)
+            self.held[n] = s
+            s.bind((self.addr(n), self.port))       # no SO_REUSEADDR: exclusive
+            self.port = s.getsockname()[1]
+            if n in self.OPEN:
+                s.listen(64)
+            elif n in self.SILENT:
+                # One connection fills a backlog-0 accept queue; later SYNs
+                # are dropped.
+                s.listen(0)
+                self.sockets.append(socket.create_connection((self.addr(n), self.port), timeout=5))
+
+    def addr(self, n: int) -> str:
+        return f"{self.net}.{n}"
+
+    def expected(self, host: str) -> str:
+        """The state a scan must report for ``host``."""
+        n = int(host.rsplit(".", 1)[1])
+        return "open" if n in self.OPEN else "timeout" if n in self.SILENT else "refused"
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets.clear()
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +210,6 @@ def tnet(testnet_module):
 # with other options; the `portmgr` fixture starts one with the defaults.
 # `start_original_portmgr` starts the original NSCLDAQ server (opt-in).
 
-import signal as _pm_signal  # noqa: E402  (kept beside the fixtures that use them)
-import socket as _pm_socket  # noqa: E402
-import subprocess as _pm_subprocess  # noqa: E402
-import time as _pm_time  # noqa: E402
-from types import SimpleNamespace as _PmNamespace  # noqa: E402
-
 
 class PortManagerProcess:
     """A running port manager: ``.port`` (its listen port), ``.proc`` (the
@@ -113,11 +220,11 @@ class PortManagerProcess:
         self.proc, self.port, self.paths = proc, port, paths
         self.low, self.high = low, high
 
-    def connect(self, host: str = "127.0.0.1", timeout: float = 5.0) -> _pm_socket.socket:
+    def connect(self, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
         """A blocking client socket connected to the server."""
-        return _pm_socket.create_connection((host, self.port), timeout=timeout)
+        return socket.create_connection((host, self.port), timeout=timeout)
 
-    def stop(self, sig: int = _pm_signal.SIGTERM, timeout: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Signal the server and return its exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -133,24 +240,27 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
     ``tmp_path``; wait until it has written its listen port.  ``extra`` are
     more options; ``prefix`` is put before the command (``ip netns exec
     NS``); ``popen`` goes to Popen (stderr is a pipe unless given)."""
-    paths = _PmNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
+    paths = SimpleNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
                          log=tmp_path / "portmanager.log", pidfile=tmp_path / "portmgr.pid")
     argv = [*prefix, sys.executable, "-m", "portalloc.server", "--listen", "0", "--ports", ports,
             "--portfile", str(paths.portfile), "--usagefile", str(paths.usagefile),
             "--log", str(paths.log), "--pidfile", str(paths.pidfile), *extra]
     popen.setdefault("cwd", str(ROOT))
-    popen.setdefault("stderr", _pm_subprocess.PIPE)
-    proc = _pm_subprocess.Popen(argv, **popen)
-    deadline = _pm_time.monotonic() + timeout
-    # The port file is written atomically once the server listens.
-    while not paths.portfile.exists():
+    popen.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(argv, **popen)
+    deadline = time.monotonic() + timeout
+    # Started means both files are there: the port file is written once the
+    # server listens, the first (empty) usage file in its first pass, a
+    # moment later.  Nothing else tells: a start takes ~70 ms, mostly
+    # imports, so poll often.
+    while not (paths.portfile.exists() and paths.usagefile.exists()):
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             pytest.fail(f"port manager exited with {proc.returncode}: {err}")
-        if _pm_time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("port manager did not start")
-        _pm_time.sleep(0.01)
+        time.sleep(0.002)
     low, high = (int(x) for x in ports.split("-"))
     return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
 
@@ -167,33 +277,38 @@ def start_original_portmgr(tmp_path, tclsh: str, ports: str,
         pytest.skip("set NSCLDAQ_SERVER_DIR to the original port manager's directory")
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private /var/tmp")
-    with _pm_socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen = s.getsockname()[1]
-    paths = _PmNamespace(portfile=tmp_path / "listen.port", log=tmp_path / "portmanager.log",
+    listen = free_port()
+    paths = SimpleNamespace(portfile=tmp_path / "listen.port", log=tmp_path / "portmanager.log",
                          pidfile=tmp_path / "portmgr.pid")
     inner = (f"mount -t tmpfs none /var/tmp && mkdir -p /var/tmp/daqportmgr && exec {tclsh} "
              f"{root / 'bin' / 'DaqPortManager.tcl'} -listen {listen} -ports {ports} "
              f"-log {paths.log} -portfile {paths.portfile} -pidfile {paths.pidfile}")
     # unshare and sh exec, so the process is tclsh itself.
-    proc = _pm_subprocess.Popen(["unshare", "-m", "sh", "-c", inner],
-                                stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.PIPE)
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", inner],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     paths.usagefile = Path(f"/proc/{proc.pid}/root/var/tmp/daqportmgr/ports.txt")
-    deadline = _pm_time.monotonic() + timeout
+    deadline = time.monotonic() + timeout
     # It writes the port file before it listens: wait for a connect.
     while True:
         if proc.poll() is not None:
             pytest.skip(f"original port manager did not start: {proc.stderr.read()[:200]!r}")
         try:
-            _pm_socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
             break
         except OSError:
-            if _pm_time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail("original port manager did not start listening")
-            _pm_time.sleep(0.01)
+            time.sleep(0.01)
     low, high = (int(x) for x in ports.split("-"))
     return PortManagerProcess(proc, listen, paths, low, high)
+
+
+def listed(pm) -> list:
+    """The allocations a port manager lists now (``Allocation``s)."""
+    from portalloc import PortAllocator
+    with PortAllocator("localhost", pm.port) as pa:
+        return pa.list_ports()
 
 
 @pytest.fixture
@@ -207,6 +322,21 @@ def portmgr(tmp_path):
     pm.proc.wait(10)
     if pm.proc.stderr:
         pm.proc.stderr.close()
+
+
+@pytest.fixture
+def full_portmgr(tmp_path):
+    """A port manager with one port in its range, held by a client (the
+    application ``hog``) for the whole test: every other GIMME fails."""
+    from portalloc import PortAllocator
+    port = free_port()
+    pm = start_portmgr(tmp_path, ports=f"{port}-{port}")
+    try:
+        with PortAllocator("localhost", pm.port) as hog:
+            hog.allocate_port("hog")
+            yield pm
+    finally:
+        pm.stop()
 
 
 # --- X display fixture (Tk tests) ---
@@ -234,16 +364,16 @@ def _start_xvfb(xvfb: str, n: int):
     """Xvfb on display ``n``; (process, True) once it is ready, or
     (None, False) if it exited or did not start within 10 s."""
     rfd, wfd = os.pipe()
-    proc = _pm_subprocess.Popen(
+    proc = subprocess.Popen(
         [xvfb, f":{n}", "-displayfd", str(wfd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-        pass_fds=(wfd,), stdout=_pm_subprocess.DEVNULL, stderr=_pm_subprocess.DEVNULL)
+        pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(wfd)
     # Xvfb writes the number and the newline separately, and dies if the
     # pipe is closed between the two: read up to the newline.
-    said, deadline = b"", _pm_time.monotonic() + 10.0
+    said, deadline = b"", time.monotonic() + 10.0
     try:
         while not said.endswith(b"\n"):
-            ready, _, _ = _x_select.select([rfd], [], [], max(0.0, deadline - _pm_time.monotonic()))
+            ready, _, _ = _x_select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(rfd, 64) if ready else b""
             if not chunk:
                 break                        # exited, or too slow

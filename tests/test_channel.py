@@ -670,7 +670,7 @@ def _queue_then_reset(loop, ch, peer) -> None:
     ch.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
     for line in _payload(8):
         ch.puts(line)
-    assert ch._outbuf, "precondition: output is queued for the background flush"
+    assert ch.pending("output"), "precondition: output is queued for the background flush"
     _reset(peer)
     loop.update()                 # the RST is here (loopback): the flush fails
 

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start_portmgr
+from conftest import eventually, free_port, listed, start_portmgr
 
 from portalloc import client
 from portalloc.cli import main
-from portalloc.client import Allocation, PortAllocator, login_user
+from portalloc.client import PortAllocator, login_user
 from portalloc.protocol import parse_list
 
 pytestmark = pytest.mark.timeout(30)
@@ -40,25 +40,6 @@ def _env(**extra: str) -> dict[str, str]:
     env.pop(client.PORT_FILE_ENV, None)
     env.update(extra)
     return env
-
-
-def listed(pm) -> list[Allocation]:
-    with PortAllocator("localhost", pm.port) as pa:
-        return pa.list_ports()
-
-
-def eventually(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -255,21 +236,14 @@ def test_allocate_without_double_dash(portmgr):
     assert result.returncode == 3
 
 
-def test_allocate_without_a_free_port_does_not_run_the_command(tmp_path):
-    p = free_port()
-    pm = start_portmgr(tmp_path, ports=f"{p}-{p}")
-    try:
-        with PortAllocator("localhost", pm.port) as pa:
-            pa.allocate_port("hog")
-            marker = tmp_path / "ran"
-            result = portalloc("allocate", "--port", str(pm.port), "late", "--",
-                               "touch", str(marker))
-        assert result.returncode == 1
-        assert not marker.exists()
-        assert result.stderr.count("\n") == 1
-        assert "no free ports" in result.stderr
-    finally:
-        pm.stop()
+def test_allocate_without_a_free_port_does_not_run_the_command(full_portmgr, tmp_path):
+    marker = tmp_path / "ran"
+    result = portalloc("allocate", "--port", str(full_portmgr.port), "late", "--",
+                       "touch", str(marker))
+    assert result.returncode == 1
+    assert not marker.exists()
+    assert result.stderr.count("\n") == 1
+    assert "no free ports" in result.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -12,11 +12,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import start_original_portmgr, start_portmgr, wait_for
+from conftest import eventually, free_port, start_original_portmgr, start_portmgr, wait_for
 
 from portalloc import client
 from portalloc.client import (
@@ -34,25 +33,9 @@ pytestmark = pytest.mark.timeout(30)
 ME = login_user()
 
 
-def eventually(predicate, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds: the manager notices a closed
-    connection on its own schedule, so "freed" can only be observed."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-
-
 def listed_ports(pm) -> set[int]:
     with PortAllocator("localhost", pm.port) as observer:
         return {a.port for a in observer.list_ports()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------ round trips
@@ -584,7 +567,9 @@ def test_async_list_joins_an_allocation_split_over_lines(loop):
     fm.close()
 
 
-def test_async_timeout_of_a_silent_manager(loop):
+def test_async_timeout_of_a_silent_manager(autojump_loop):
+    # On the fake clock (conftest): the deadline is exact and costs no wait.
+    loop = autojump_loop
     release = threading.Event()
 
     def script(fm, conn):
@@ -592,10 +577,12 @@ def test_async_timeout_of_a_silent_manager(loop):
         release.wait(10)
 
     fm = FakeManager(script)
+    start = loop.time()
     pa = AsyncPortAllocator("127.0.0.1", fm.port, loop, timeout=0.2)
     results = []
     pa.list_ports(lambda r, e: results.append((r, e)))
     run_until(loop, results, 1)
+    assert loop.time() - start == 0.2
     assert results[0][0] is None
     assert "did not answer within 0.2 s" in str(results[0][1])
     release.set()

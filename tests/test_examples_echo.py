@@ -116,26 +116,17 @@ def test_server_echoes_lines_in_pieces_and_serves_clients_side_by_side(echo_serv
         b.close()
 
 
-def test_server_exits_cleanly_on_sigterm(echo_server):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_server_exits_cleanly_on_a_signal(echo_server, sig):
     proc, port = echo_server
 
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=5)
 
     assert proc.returncode == 0, err
-    assert out.splitlines()[-1] == "stopped by SIGTERM"
+    assert out.splitlines()[-1] == f"stopped by {signal.Signals(sig).name}"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
-
-
-def test_server_exits_cleanly_on_sigint(echo_server):
-    proc, _ = echo_server
-
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=5)
-
-    assert proc.returncode == 0, err
-    assert out.splitlines()[-1] == "stopped by SIGINT"
 
 
 def test_client_fails_when_the_server_hangs_up_before_echoing(tmp_path):

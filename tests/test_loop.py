@@ -637,16 +637,20 @@ def test_vwait_wakes_when_set_to_an_equal_value(loop):
     assert loop.vwait(var) == 7
 
 
-def test_vwait_returns_at_the_first_set_even_if_more_are_queued(loop):
+def test_vwait_returns_at_the_first_set_even_if_more_are_queued(autojump_loop):
+    # On the fake clock (conftest): exact, whatever the machine's load.
+    loop = autojump_loop
     var, log = evloop.Var(), []
+    start = loop.time()
     loop.after(1, var.set, "first")
     loop.after(50, log.append, "later timer")
 
     assert loop.vwait(var) == "first"
-    assert log == []
+    assert log == [] and loop.time() == start + 0.001
 
 
-def test_vwait_nests_inside_a_callback(loop, pair):
+def test_vwait_nests_inside_a_callback(autojump_loop, pair):
+    loop = autojump_loop
     a, b = pair
     outer, inner, log = evloop.Var(), evloop.Var(), []
 
@@ -665,7 +669,8 @@ def test_vwait_nests_inside_a_callback(loop, pair):
     assert log == ["handler waits", ("inner got", "inner value")]
 
 
-def test_vwait_inside_a_timer_sees_later_timers(loop):
+def test_vwait_inside_a_timer_sees_later_timers(autojump_loop):
+    loop = autojump_loop
     var, seen = evloop.Var(), []
     loop.after(0, lambda: seen.append(loop.vwait(var)))
     loop.after(10, var.set, "from a later pass")
@@ -961,30 +966,37 @@ def _child(code: str) -> subprocess.Popen:
                             text=True, env=env, cwd=ROOT)
 
 
+def _signalled(code: str, sig: int) -> tuple[int, str, str]:
+    """Run ``code`` in a child; once it prints "running", send it ``sig``.
+    Returns its exit status and what it wrote after that line."""
+    child = _child(code)
+    try:
+        assert child.stdout.readline() == "running\n"
+        child.send_signal(sig)
+        out, err = child.communicate(timeout=5)
+    finally:
+        child.kill()
+    return child.returncode, out, err
+
+
 @pytest.mark.timeout(10)
 def test_sigterm_with_on_signal_stops_run_and_the_process_exits_cleanly():
-    child = _child("""
+    status, out, err = _signalled("""
         import signal, evloop
         loop = evloop.get_loop()
         loop.on_signal(signal.SIGTERM, loop.stop)
         loop.after(0, lambda: print("running", flush=True))
         loop.run()
         print("run returned")
-    """)
-    try:
-        assert child.stdout.readline() == "running\n"
-        child.send_signal(signal.SIGTERM)
-        out, err = child.communicate(timeout=5)
-    finally:
-        child.kill()
+    """, signal.SIGTERM)
 
-    assert child.returncode == 0, err
+    assert status == 0, err
     assert out == "run returned\n"
 
 
 @pytest.mark.timeout(10)
 def test_sigint_without_a_handler_raises_keyboard_interrupt_out_of_run():
-    child = _child("""
+    status, out, err = _signalled("""
         import signal, sys, evloop
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored
         loop = evloop.get_loop()
@@ -995,15 +1007,9 @@ def test_sigint_without_a_handler_raises_keyboard_interrupt_out_of_run():
             print("KeyboardInterrupt out of run()", flush=True)
             sys.exit(3)
         print("run returned")
-    """)
-    try:
-        assert child.stdout.readline() == "running\n"
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=5)
-    finally:
-        child.kill()
+    """, signal.SIGINT)
 
-    assert child.returncode == 3, err
+    assert status == 3, err
     assert out == "KeyboardInterrupt out of run()\n"
 
 

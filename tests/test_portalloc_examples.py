@@ -10,10 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import eventually, listed
 
 from portalloc.client import Allocation, PortAllocator, login_user
 
@@ -29,19 +29,6 @@ def example_popen_args(name: str, *args: str, **kw) -> dict:
     # Run from elsewhere, so only the example's own sys.path insert finds
     # the packages.
     return dict(args=[sys.executable, str(EXAMPLES / name), *args], env=env, cwd="/", **kw)
-
-
-def listed(pm) -> list[Allocation]:
-    with PortAllocator("localhost", pm.port) as pa:
-        return pa.list_ports()
-
-
-def eventually(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def test_list_ports_prints_the_seed_line_for_each_allocation(portmgr):
@@ -115,19 +102,9 @@ def test_allocate_and_serve_serves_on_its_port_until_signalled(portmgr, sig):
     eventually(lambda: listed(portmgr) == [])
 
 
-def test_allocate_and_serve_without_a_port_says_why(tmp_path):
-    from conftest import start_portmgr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-    pm = start_portmgr(tmp_path, ports=f"{p}-{p}")
-    try:
-        with PortAllocator("localhost", pm.port) as pa:
-            pa.allocate_port("hog")
-            result = subprocess.run(**example_popen_args("allocate_and_serve.py", "--manager-port",
-                                              str(pm.port)),
-                                    capture_output=True, text=True, timeout=20)
-        assert result.returncode == 1
-        assert "no free ports" in result.stderr and result.stdout == ""
-    finally:
-        pm.stop()
+def test_allocate_and_serve_without_a_port_says_why(full_portmgr):
+    result = subprocess.run(**example_popen_args("allocate_and_serve.py", "--manager-port",
+                                                 str(full_portmgr.port)),
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert "no free ports" in result.stderr and result.stdout == ""

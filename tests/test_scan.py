@@ -13,17 +13,15 @@ import errno
 import importlib
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import Lab, wait_for
 
 import evloop
 from scanner.scan import MAX_CONCURRENCY, Scanner, classify, default_concurrency, scan
@@ -38,56 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
 
 
-class Lab:
-    """Port ``port`` held on every address of ``net``.0/24 (see the module notes)."""
-
-    OPEN = (3, 5, 9)
-    SILENT = tuple(range(12, 28))
-
-    def __init__(self, net: str | None = None) -> None:
-        self.sockets: list[socket.socket] = []
-        for _ in range(100):
-            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
-            if self._take():
-                return
-        raise RuntimeError("no free port on a loopback /24")
-
-    def _take(self) -> bool:
-        self.port = 0
-        try:
-            for n in range(256):
-                s = socket.socket()
-                self.sockets.append(s)
-                s.bind((self.addr(n), self.port))   # no SO_REUSEADDR: exclusive
-                self.port = s.getsockname()[1]
-                if n in self.OPEN:
-                    s.listen(64)
-                elif n in self.SILENT:
-                    s.listen(0)
-                    # One connection fills a backlog-0 accept queue; later
-                    # SYNs are dropped, so connects hang: a silent host.
-                    filler = socket.create_connection((self.addr(n), self.port), timeout=5)
-                    self.sockets.append(filler)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            self.close()
-            return False
-        return True
-
-    def addr(self, n: int) -> str:
-        return f"{self.net}.{n}"
-
-    def expected(self, host: str) -> str:
-        n = int(host.rsplit(".", 1)[1])
-        return "open" if n in self.OPEN else "timeout" if n in self.SILENT else "refused"
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
-        self.sockets.clear()
-
-
 @pytest.fixture
 def lab():
     lb = Lab()
@@ -97,6 +45,13 @@ def lab():
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _let_time_pass(loop: evloop.Loop, seconds: float) -> None:
+    """Run ``loop`` for ``seconds`` of its clock (fake: at once)."""
+    later = evloop.Var()
+    loop.after(seconds * 1000, later.set, True)
+    loop.vwait(later)
 
 
 # ------------------------------------------------------------ classification
@@ -117,8 +72,10 @@ def test_classify_maps_the_connect_error_to_a_state(code, state):
 
 # ------------------------------------------------------------------ loopback
 
-def test_loopback_block_gives_open_refused_and_timeout_each_exactly_once(lab):
-    results = list(scan(f"{lab.net}.0/28", lab.port, timeout=0.5))
+def test_loopback_block_gives_open_refused_and_timeout_each_exactly_once(lab, autojump_loop):
+    start = autojump_loop.time()
+    results = list(scan(f"{lab.net}.0/28", lab.port, timeout=0.5, loop=autojump_loop))
+    assert autojump_loop.time() - start == 0.5          # one batch, one timeout
     assert sorted(r.host for r in results) == sorted(lab.addr(n) for n in range(16))
     for r in results:
         assert r.port == lab.port
@@ -130,50 +87,62 @@ def test_loopback_block_gives_open_refused_and_timeout_each_exactly_once(lab):
         assert r.name is None
 
 
-def test_results_stream_before_the_scan_ends(lab):
-    started = time.monotonic()
-    it = scan([lab.addr(12), lab.addr(3)], lab.port, timeout=1.5)
+def test_results_stream_before_the_scan_ends(lab, autojump_loop):
+    started = autojump_loop.time()
+    it = scan([lab.addr(12), lab.addr(3)], lab.port, timeout=1.5, loop=autojump_loop)
     first = next(it)
-    assert first.state == "open" and time.monotonic() - started < 0.5
+    assert first.state == "open" and autojump_loop.time() == started
     rest = list(it)
     assert [r.state for r in rest] == ["timeout"]
-    assert time.monotonic() - started >= 1.5
+    assert autojump_loop.time() - started == 1.5
 
 
-def test_silent_targets_time_out_together_not_one_after_another(lab):
-    started = time.monotonic()
-    results = list(scan([lab.addr(n) for n in lab.SILENT], lab.port, timeout=0.5))
-    elapsed = time.monotonic() - started
-    assert [r.state for r in results] == ["timeout"] * len(lab.SILENT)
-    assert all(r.detail == "no answer within 0.5 s" for r in results)
-    assert 0.5 <= elapsed < 0.5 * 1.5
+def test_silent_targets_time_out_together_not_one_after_another(lab, autojump_loop):
+    started = autojump_loop.time()
+    seen = [(r, autojump_loop.time() - started)
+            for r in scan([lab.addr(n) for n in lab.SILENT], lab.port, timeout=0.5,
+                          loop=autojump_loop)]
+    assert [r.state for r, _ in seen] == ["timeout"] * len(lab.SILENT)
+    assert all(r.detail == "no answer within 0.5 s" for r, _ in seen)
+    assert {elapsed for _, elapsed in seen} == {0.5}
 
 
-def test_a_connect_started_while_others_wait_gets_its_whole_timeout(lab, loop):
+def test_a_connect_started_while_others_wait_gets_its_whole_timeout(
+        lab, autojump_loop, autojump_clock):
     # Two slots: the silent .12 and the open .3 start together; .3 answers
-    # and frees its slot for the silent .13, which must not time out with
-    # .12 (timeouts are shared per batch of connects, see scanner.scan).
-    timeout = 0.4
+    # 0.1 s later (the test moves the clock when it does) and frees its slot
+    # for the silent .13, which must not time out with .12 (timeouts are
+    # shared per batch of connects, see scanner.scan).  .3 answers in the
+    # pass that ends the first batch, so .13 joins it and the batch's timer
+    # starts at the end of that pass: .12 waits the timeout plus that pass
+    # (0.1 s here), .13 exactly its whole timeout.
+    loop, timeout = autojump_loop, 0.4
     seen: list = []
+
+    def on_result(r):
+        if r.state == "open":
+            autojump_clock.advance(0.1)
+        seen.append((r.host, r.state, loop.time()))
+
+    start = loop.time()
     s = Scanner([lab.addr(12), lab.addr(3), lab.addr(13)], lab.port, timeout=timeout,
-                concurrency=2, loop=loop,
-                on_result=lambda r: seen.append((r.host, r.state, time.monotonic())))
+                concurrency=2, loop=loop, on_result=on_result)
     s.start()
     wait_for(loop, lambda: s.finished)
-    (h1, st1, t_open), (h2, st2, t12), (h3, st3, t13) = seen
-    assert [(h1, st1), (h2, st2), (h3, st3)] == [
-        (lab.addr(3), "open"), (lab.addr(12), "timeout"), (lab.addr(13), "timeout")]
-    assert t13 - t_open >= timeout
-    assert t13 - t_open < timeout * 1.5
+    assert [(h, st, t - start) for h, st, t in seen] == [
+        (lab.addr(3), "open", 0.1), (lab.addr(12), "timeout", 0.1 + timeout),
+        (lab.addr(13), "timeout", 0.1 + timeout)]
 
 
-def test_timeouts_need_a_few_timers_not_one_per_connect(lab, loop):
+def test_timeouts_need_a_few_timers_not_one_per_connect(lab, autojump_loop, autojump_clock):
+    loop = autojump_loop
     s = Scanner([lab.addr(n) for n in lab.SILENT], lab.port, timeout=0.3, loop=loop)
     s.start()
     wait_for(loop, lambda: s.in_flight == len(lab.SILENT))
-    assert len(loop.after_info()) <= 2
+    assert len(set(loop.after_info()) - {autojump_clock.probe}) <= 2
     wait_for(loop, lambda: s.finished)
-    assert s.counts["timeout"] == len(lab.SILENT) and loop.after_info() == []
+    assert s.counts["timeout"] == len(lab.SILENT)
+    assert set(loop.after_info()) - {autojump_clock.probe} == set()
 
 
 def test_many_ports_every_pair_reported_once(lab):
@@ -272,7 +241,8 @@ def test_nothing_is_sent_before_the_first_next(monkeypatch):
 
 # ------------------------------------------------------------------ Scanner
 
-def test_scanner_start_returns_at_once_and_done_fires_once_after_the_last_result(lab, loop):
+def test_scanner_start_returns_at_once_and_done_fires_once_after_the_last_result(lab, autojump_loop):
+    loop = autojump_loop
     events: list = []
     s = Scanner(f"{lab.net}.0/28", lab.port, timeout=0.5, loop=loop,
                 on_result=events.append, on_done=lambda sc: events.append("done"))
@@ -282,11 +252,12 @@ def test_scanner_start_returns_at_once_and_done_fires_once_after_the_last_result
     assert events[-1] == "done" and events.count("done") == 1
     assert len(events) == 17 and s.done == s.total == 16 and s.in_flight == 0
     assert s.counts == {"open": 3, "refused": 9, "timeout": 4, "unreachable": 0, "error": 0}
-    loop.run_once(0.6)          # nothing more: no late timeout
+    _let_time_pass(loop, 0.6)   # nothing more: no late timeout
     assert len(events) == 17
 
 
-def test_cancel_closes_sockets_in_flight_and_no_result_follows(lab, loop):
+def test_cancel_closes_sockets_in_flight_and_no_result_follows(lab, autojump_loop):
+    loop = autojump_loop
     before = _fds()
     got: list = []
     done: list = []
@@ -303,7 +274,7 @@ def test_cancel_closes_sockets_in_flight_and_no_result_follows(lab, loop):
     wait_for(loop, lambda: s.finished, timeout=5)
     assert [r.state for r in got] == ["open"]
     assert done == [s] and s.cancelled and s.in_flight == 0
-    loop.run_once(0.1)
+    _let_time_pass(loop, 3.0)   # past the 2 s timeout of the silent one
     assert len(got) == 1 and _fds() == before
 
 
@@ -349,11 +320,12 @@ def _flaky_open_async(monkeypatch, fail):
 
 
 @pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EAGAIN])
-def test_no_resources_requeues_the_target_and_gives_the_same_results(lab, monkeypatch, code):
+def test_no_resources_requeues_the_target_and_gives_the_same_results(
+        lab, monkeypatch, code, autojump_loop):
     spec = f"{lab.net}.0-12"            # one silent address among them
-    reference = sorted(scan(spec, lab.port, timeout=0.5))
+    reference = sorted(scan(spec, lab.port, timeout=0.5, loop=autojump_loop))
     calls = _flaky_open_async(monkeypatch, lambda n: code if n % 3 == 0 else 0)
-    again = sorted(scan(spec, lab.port, timeout=0.5, concurrency=10))
+    again = sorted(scan(spec, lab.port, timeout=0.5, concurrency=10, loop=autojump_loop))
     assert again == reference and calls[0] > 13
 
 
@@ -372,21 +344,28 @@ def test_other_socket_failure_is_that_targets_error(lab, monkeypatch):
         ("error", os.strerror(errno.EAFNOSUPPORT)), ("open", f"{lab.addr(5)}:{lab.port}")]
 
 
+# A scan under a descriptor limit, on a FakeClock that jumps (conftest).
 _CHILD = """
 import json, resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+sys.path.insert(0, "tests")
+import evloop
+from fakeclock import AUTOJUMP, FakeClock
 from scanner.scan import scan
+clock = FakeClock(autojump_threshold=AUTOJUMP)
+loop = clock.attach(evloop.Loop(clock=clock))
 conc = None if sys.argv[4] == "none" else int(sys.argv[4])
-for r in scan(sys.argv[2], int(sys.argv[3]), timeout=float(sys.argv[5]), concurrency=conc):
+for r in scan(sys.argv[2], int(sys.argv[3]), timeout=float(sys.argv[5]), concurrency=conc,
+              loop=loop):
     print(json.dumps(list(r)))
 """
 
 
 @pytest.mark.parametrize("concurrency", ["none", "1000"])
-def test_low_descriptor_limit_gives_exactly_the_unconstrained_results(lab, concurrency):
+def test_low_descriptor_limit_gives_exactly_the_unconstrained_results(lab, concurrency, autojump_loop):
     target = f"{lab.net}.0/24"
-    reference = sorted(list(r) for r in scan(target, lab.port, timeout=0.5))
+    reference = sorted(list(r) for r in scan(target, lab.port, timeout=0.5, loop=autojump_loop))
     out = subprocess.run([sys.executable, "-c", _CHILD, "64", target, str(lab.port), concurrency, "0.5"],
                          capture_output=True, text=True, timeout=30, cwd=ROOT, check=True)
     constrained = sorted(json.loads(line) for line in out.stdout.splitlines())
@@ -411,15 +390,17 @@ def _check_against_truth(testnet_module, tnet, results, pairs):
     assert wrong == []
 
 
-def test_testnet_v4_block_every_kind_within_one_timeout(tnet, testnet_module):
+def test_testnet_v4_block_every_kind_within_one_timeout(tnet, testnet_module, autojump_loop):
+    # The silent and absent hosts time out at exactly the (fake) timeout;
+    # the others answer at once (testnet turns ICMP rate limits off).
     timeout = 1.5
-    started = time.monotonic()
+    started = autojump_loop.time()
     with testnet_module.inside(tnet["name"]):
-        results = list(scan(tnet["subnet"], 80, timeout=timeout))
-    elapsed = time.monotonic() - started
+        results = list(scan(tnet["subnet"], 80, timeout=timeout, loop=autojump_loop))
+    elapsed = autojump_loop.time() - started
     hosts = [str(a) for a in Targets(tnet["subnet"])]
     _check_against_truth(testnet_module, tnet, results, [(h, 80) for h in hosts])
-    assert timeout <= elapsed < timeout * 1.5
+    assert elapsed == timeout
     states = Counter(r.state for r in results)
     assert set(states) == {"open", "refused", "timeout", "unreachable", "error"}
     for r in results:
@@ -428,11 +409,11 @@ def test_testnet_v4_block_every_kind_within_one_timeout(tnet, testnet_module):
                 testnet_module.expected(tnet, r.host, 80)["errno"]])
 
 
-def test_testnet_several_ports_open_hosts_refuse_the_others(tnet, testnet_module):
+def test_testnet_several_ports_open_hosts_refuse_the_others(tnet, testnet_module, autojump_loop):
     spec = f"{tnet['subnet'].rsplit('.', 1)[0]}.1-15"
     ports = [tnet["ports"][0], 81]
     with testnet_module.inside(tnet["name"]):
-        results = list(scan(spec, ports, timeout=1.0))
+        results = list(scan(spec, ports, timeout=1.0, loop=autojump_loop))
     hosts = [str(a) for a in Targets(spec)]
     _check_against_truth(testnet_module, tnet, results, [(h, p) for h in hosts for p in ports])
     opened = [r for r in results if r.state == "open"]
@@ -440,6 +421,8 @@ def test_testnet_several_ports_open_hosts_refuse_the_others(tnet, testnet_module
 
 
 def test_testnet_v6_block_matches_the_truth(tnet, testnet_module):
+    # Real time: a v6 rejected host's ICMP error is kept as a soft error
+    # and reported when the SYN is retried (~1 s), within the 1.5 s.
     if not tnet.get("subnet6"):
         pytest.skip("testnet without IPv6")
     prefix = tnet["subnet6"].split("/")[0]
@@ -451,24 +434,26 @@ def test_testnet_v6_block_matches_the_truth(tnet, testnet_module):
     assert any(r.state == "open" and r.detail.startswith("[") for r in results)
 
 
-def test_testnet_low_descriptor_limit_gives_the_same_results(tnet, testnet_module):
+def test_testnet_low_descriptor_limit_gives_the_same_results(tnet, testnet_module, autojump_loop):
     with testnet_module.inside(tnet["name"]):
-        reference = sorted(list(r) for r in scan(tnet["subnet"], 80, timeout=0.5))
+        reference = sorted(list(r) for r in scan(tnet["subnet"], 80, timeout=0.5, loop=autojump_loop))
     out = testnet_module.run(
         tnet["name"], [sys.executable, "-c", _CHILD, "64", tnet["subnet"], "80", "1000", "0.5"],
         capture_output=True, text=True, timeout=30, cwd=ROOT, check=True)
     assert sorted(json.loads(line) for line in out.stdout.splitlines()) == reference
 
 
-def test_testnet_v6_rejected_host_with_a_short_timeout_is_still_unreachable(tnet, testnet_module):
+def test_testnet_v6_rejected_host_with_a_short_timeout_is_still_unreachable(
+        tnet, testnet_module, autojump_loop):
     # The ICMPv6 error comes at once but is kept as a soft error until the
     # SYN is retried (~1 s): the socket is not writable yet when a 0.5 s
-    # timeout ends, and SO_ERROR read then gives the right answer.
+    # timeout ends (on the fake clock: a few tens of real ms), and SO_ERROR
+    # read then gives the right answer.
     addrs = tnet["kinds"]["rejected"].get("addrs6")
     if not addrs:
         pytest.skip("testnet without IPv6 rejected hosts")
     with testnet_module.inside(tnet["name"]):
-        results = list(scan(addrs, 80, timeout=0.5))
+        results = list(scan(addrs, 80, timeout=0.5, loop=autojump_loop))
     assert sorted(r.host for r in results) == sorted(addrs)
     assert {(r.state, r.detail) for r in results} == {
         ("unreachable", os.strerror(errno.EHOSTUNREACH))}

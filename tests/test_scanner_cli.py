@@ -7,72 +7,32 @@ every address (listeners on .3 .5 .9, a full accept queue -- silent -- on
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pty
-import random
 import resource
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import Lab
 
 from scanner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
 
-OPEN = (3, 5, 9)
-SILENT = (12, 13, 14, 15)
-
-
-class _Lab:
-    def __init__(self, net: str | None = None) -> None:
-        self.sockets: list[socket.socket] = []
-        for _ in range(100):
-            self.net = net or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
-            try:
-                self._take()
-                return
-            except OSError as exc:
-                self.close()
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-        raise RuntimeError("no free port on a loopback /24")
-
-    def _take(self) -> None:
-        self.port = 0
-        self.held: dict[int, socket.socket] = {}
-        for n in range(256):
-            s = socket.socket()
-            self.sockets.append(s)
-            self.held[n] = s
-            s.bind((self.addr(n), self.port))
-            self.port = s.getsockname()[1]
-            if n in OPEN:
-                s.listen(64)
-            elif n in SILENT:
-                s.listen(0)
-                self.sockets.append(socket.create_connection((self.addr(n), self.port), 5))
-
-    def addr(self, n: int) -> str:
-        return f"{self.net}.{n}"
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
-        self.sockets.clear()
+OPEN = Lab.OPEN
+SILENT = range(12, 16)
 
 
 @pytest.fixture
 def lab():
-    lb = _Lab()
+    lb = Lab(silent=SILENT)
     yield lb
     lb.close()
 
@@ -243,19 +203,20 @@ def test_sigint_on_the_test_subnet_exits_130(tnet):
 # ------------------------------------------------------------ progress line
 
 def test_progress_line_only_on_a_terminal(lab):
-    piped = _run([f"{lab.net}.10-15", "-p", str(lab.port), "--timeout", "0.6"])
-    assert "\r" not in piped.stderr
+    argv = [sys.executable, "-m", "scanner", f"{lab.net}.10-15", "-p", str(lab.port),
+            "--timeout", "0.6"]
+    # The same scan twice at once: stderr a pipe, and a terminal.
+    piped = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scanner", f"{lab.net}.10-15", "-p", str(lab.port),
-             "--timeout", "0.6"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
         err = _read_until(master, b"scanned in")
         proc.communicate(timeout=10)
     finally:
         os.close(master)
+    _, piped_err = piped.communicate(timeout=10)
+    assert b"scanned in" in piped_err and b"\r" not in piped_err
     assert b"\r2/6 " in err and b"ETA" in err
 
 
@@ -267,14 +228,17 @@ def _limit_fds():
 
 def test_low_descriptor_limit_same_json_results(lab):
     args = [f"{lab.net}.0/24", "-p", str(lab.port), "--json", "--timeout", "0.3"]
-    free = _run(args)
+    # The unconstrained scan runs at the same time as the constrained one.
+    free = subprocess.Popen([sys.executable, "-m", "scanner", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tight = _run(args + ["--concurrency", "500"], preexec_fn=_limit_fds)
+    free_out, _ = free.communicate(timeout=30)
     assert free.returncode == tight.returncode == 0, tight.stderr
 
-    def results(r):
-        return sorted(line for line in r.stdout.splitlines() if '"result"' in line)
+    def results(out):
+        return sorted(line for line in out.splitlines() if '"result"' in line)
 
-    assert results(tight) == results(free) and len(results(free)) == 256
+    assert results(tight.stdout) == results(free_out) and len(results(free_out)) == 256
 
 
 # ---------------------------------------------------------- examples/scan.py
@@ -282,13 +246,32 @@ def test_low_descriptor_limit_same_json_results(lab):
 @pytest.fixture
 def lab0():
     """The lab on 127.0.0.0/24, the base the Tcl script would be given."""
-    lb = _Lab("127.0.0")
+    lb = Lab("127.0.0", silent=SILENT)
     yield lb
     lb.close()
 
 
-def _example(args, **kw):
-    return subprocess.run([sys.executable, str(ROOT / "examples" / "scan.py"), *args],
+# Runs a script on a FakeClock that jumps (conftest) as the thread's loop:
+# the example's 2 s timeout of the silent hosts costs no waiting.
+_ON_FAKE_CLOCK = """
+import runpy, sys
+sys.path.insert(0, sys.argv.pop(1))
+import evloop
+from fakeclock import AUTOJUMP, FakeClock
+clock = FakeClock(autojump_threshold=AUTOJUMP)
+evloop.set_loop(clock.attach(evloop.Loop(clock=clock)))
+del sys.argv[0]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _example(args, fake_clock=False, **kw):
+    """Run examples/scan.py ARGS as a user would (the usage tests), or on a
+    fake clock (the scans: only the clock differs, the script runs whole)."""
+    script = [str(ROOT / "examples" / "scan.py"), *args]
+    if fake_clock:
+        script = ["-c", _ON_FAKE_CLOCK, str(ROOT / "tests"), *script]
+    return subprocess.run([sys.executable, *script],
                           capture_output=True, text=True, timeout=30, **kw)
 
 
@@ -299,7 +282,7 @@ def _parray_lines(port: int) -> list[str]:
 
 
 def test_example_scan_prints_parray_lines_of_the_open_hosts(lab0):
-    r = _example(["127.0.0", str(lab0.port)])
+    r = _example(["127.0.0", str(lab0.port)], fake_clock=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == _parray_lines(lab0.port)
     assert r.stderr == ""
@@ -313,17 +296,17 @@ def test_example_scan_output_is_what_tcl_parray_prints(lab0, tclsh):
 
 
 def test_example_scan_with_few_descriptors_waits_for_them(lab0):
-    free = _example(["127.0.0", str(lab0.port)])
-    tight = _example(["127.0.0", str(lab0.port)],
+    free = _example(["127.0.0", str(lab0.port)], fake_clock=True)
+    tight = _example(["127.0.0", str(lab0.port)], fake_clock=True,
                      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)))
     assert tight.returncode == 0, tight.stderr
-    assert tight.stdout == free.stdout
+    assert tight.stdout == free.stdout == "\n".join(_parray_lines(lab0.port)) + "\n"
 
 
 def test_example_scan_exits_0_with_nothing_open_and_prints_nothing(lab0):
     for n in OPEN:                  # the listeners go: every address refuses
         lab0.held[n].close()
-    r = _example(["127.0.0", str(lab0.port)])
+    r = _example(["127.0.0", str(lab0.port)], fake_clock=True)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
@@ -335,15 +318,26 @@ def test_example_scan_usage_error_exits_non_zero(args):
     assert "usage" in r.stderr or "bad target" in r.stderr
 
 
-def test_closed_pipe_stops_the_scan_without_a_traceback(lab):
-    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
-    r = _run([f"{lab.net}.0/24", "-p", str(lab.port), "--timeout", "20"], stdout=reader.stdin,
-             stderr=subprocess.PIPE)
-    reader.stdin.close()
-    first = reader.stdout.read().decode()
-    reader.stdout.close()
-    reader.wait(timeout=10)
-    assert len(first.splitlines()) == 1
+def test_closed_pipe_stops_the_scan_without_a_traceback():
+    # Sixteen silent hosts, one at a time, 0.3 s each: results trickle out
+    # for 4.8 s, so after head has taken its line and gone, a later flush
+    # meets the closed pipe and the scan stops there.  (With results that
+    # all come at once, the next write -- and the stop -- would only come
+    # when the scan ends.)
+    lab = Lab(silent=range(12, 28))
+    try:
+        reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE)
+        r = _run([f"{lab.net}.12-27", "-p", str(lab.port), "--timeout", "0.3",
+                  "--concurrency", "1"], stdout=reader.stdin, stderr=subprocess.PIPE)
+        reader.stdin.close()
+        first = reader.stdout.read().decode()
+        reader.stdout.close()
+        reader.wait(timeout=10)
+    finally:
+        lab.close()
+    assert first.split()[:2] == [f"{lab.addr(12)}:{lab.port}", "timeout"]
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
-    assert r.returncode in (0, 1)
+    assert r.returncode == 1                    # nothing open among those scanned
+    done, total = (int(w) for w in r.stderr.split(" scanned")[0].split()[-3::2])
+    assert total == 16 and 1 <= done < 16       # stopped early

@@ -676,8 +676,14 @@ def test_server_survives_running_out_of_descriptors(tmp_path) -> None:
 
     pm = start_portmgr(tmp_path, preexec_fn=low_limit)
     try:
+        # Count the server's descriptors once it has answered: when its
+        # port file appears it may still be writing the first usage file
+        # (one more descriptor for a moment).
+        first = Peer(pm.port)
+        first.send("LIST\n")
+        assert first.readline() == b"OK 0"
         spare = limit - _fd_count(pm.proc.pid)
-        accepted: list[Peer] = []
+        accepted: list[Peer] = [first]
         # Fill the descriptor table: each connection is answered until none is.
         for _ in range(spare):
             peer = Peer(pm.port)

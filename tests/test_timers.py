@@ -1,160 +1,135 @@
 """Timers and idle callbacks: `after`, `after_idle`, `after_cancel`, `after_info`.
 
-Ordering is tested with a fake clock: the loop reads the time from
-``FakeClock``, the test moves it, and ``loop.update()`` runs what is due.
-Nothing here sleeps, and every ordering assertion is exact.
+Ordering is tested with a fake clock (``FakeClock`` in conftest): the loop
+reads the time from it, the test moves it (seconds), and ``loop.update()``
+runs what is due.  Nothing here sleeps, and every ordering assertion is exact.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
+from conftest import AUTOJUMP, wait_for
 
 import evloop
 
-
-class FakeClock:
-    """A monotonic clock the test moves by hand (seconds)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, ms: float) -> None:
-        self.now += ms / 1000.0
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def floop(clock):
-    """A Loop on the fake clock."""
-    lp = evloop.Loop(clock=clock)
-    yield lp
-    lp.close()
-
-
 # ------------------------------------------------------------------ ordering
 
-def test_timers_fire_in_deadline_order_not_creation_order(floop, clock):
+def test_timers_fire_in_deadline_order_not_creation_order(fake_loop, clock):
     fired = []
-    floop.after(30, fired.append, "30ms")
-    floop.after(10, fired.append, "10ms")
-    floop.after(20, fired.append, "20ms")
+    fake_loop.after(30, fired.append, "30ms")
+    fake_loop.after(10, fired.append, "10ms")
+    fake_loop.after(20, fired.append, "20ms")
 
-    clock.advance(30)
-    floop.update()
+    clock.advance(0.03)
+    fake_loop.update()
 
     assert fired == ["10ms", "20ms", "30ms"]
 
 
-def test_timers_with_equal_deadlines_fire_first_in_first_out(floop, clock):
+def test_timers_with_equal_deadlines_fire_first_in_first_out(fake_loop, clock):
     fired = []
     for n in range(50):
-        floop.after(10, fired.append, n)
+        fake_loop.after(10, fired.append, n)
 
-    clock.advance(10)
-    floop.update()
+    clock.advance(0.01)
+    fake_loop.update()
 
     assert fired == list(range(50))
 
 
-def test_timer_does_not_fire_before_its_deadline(floop, clock):
+def test_timer_does_not_fire_before_its_deadline(fake_loop, clock):
     fired = []
-    floop.after(10, fired.append, "due")
+    fake_loop.after(10, fired.append, "due")
 
-    clock.advance(9.9)
-    floop.update()
+    clock.advance(0.0099)
+    fake_loop.update()
     assert fired == []
 
-    clock.advance(0.1)
-    floop.update()
+    clock.advance(0.0001)
+    fake_loop.update()
     assert fired == ["due"]
 
 
-def test_only_the_timers_that_are_due_fire(floop, clock):
+def test_only_the_timers_that_are_due_fire(fake_loop, clock):
     fired = []
-    floop.after(5, fired.append, "a")
-    floop.after(15, fired.append, "b")
+    fake_loop.after(5, fired.append, "a")
+    fake_loop.after(15, fired.append, "b")
 
-    clock.advance(10)
-    floop.update()
+    clock.advance(0.01)
+    fake_loop.update()
     assert fired == ["a"]
 
-    clock.advance(5)
-    floop.update()
+    clock.advance(0.005)
+    fake_loop.update()
     assert fired == ["a", "b"]
 
 
-def test_timer_passes_its_arguments(floop, clock):
+def test_timer_passes_its_arguments(fake_loop, clock):
     got = []
-    floop.after(0, lambda *a: got.append(a), 1, "two", None)
+    fake_loop.after(0, lambda *a: got.append(a), 1, "two", None)
 
-    floop.update()
+    fake_loop.update()
 
     assert got == [(1, "two", None)]
 
 
-def test_negative_delay_means_now(floop, clock):
+def test_negative_delay_means_now(fake_loop, clock):
     fired = []
-    floop.after(-50, fired.append, "late")
+    fake_loop.after(-50, fired.append, "late")
 
-    floop.update()
+    fake_loop.update()
 
     assert fired == ["late"]
 
 
-def test_after_zero_scheduled_inside_a_timer_waits_for_the_next_pass(floop, clock):
+def test_after_zero_scheduled_inside_a_timer_waits_for_the_next_pass(fake_loop, clock):
     fired = []
 
     def first():
         fired.append("first")
-        floop.after(0, fired.append, "scheduled by first")
+        fake_loop.after(0, fired.append, "scheduled by first")
 
-    floop.after(0, first)
-    floop.after(0, fired.append, "second")
+    fake_loop.after(0, first)
+    fake_loop.after(0, fired.append, "second")
 
-    floop.run_once(0)
+    fake_loop.run_once(0)
     assert fired == ["first", "second"]
 
-    floop.run_once(0)
+    fake_loop.run_once(0)
     assert fired == ["first", "second", "scheduled by first"]
 
 
-def test_timer_that_reschedules_itself_does_not_starve_the_pass(floop, clock):
+def test_timer_that_reschedules_itself_does_not_starve_the_pass(fake_loop, clock):
     count = []
 
     def again():
         count.append(1)
-        floop.after(0, again)
+        fake_loop.after(0, again)
 
-    floop.after(0, again)
+    fake_loop.after(0, again)
     for _ in range(5):
-        floop.run_once(0)
+        fake_loop.run_once(0)
 
     assert len(count) == 5
 
 
-def test_timer_callback_that_raises_goes_to_bgerror_and_the_loop_continues(floop, clock):
+def test_timer_callback_that_raises_goes_to_bgerror_and_the_loop_continues(fake_loop, clock):
     errors, fired = [], []
-    floop.bgerror(errors.append)
+    fake_loop.bgerror(errors.append)
 
     def boom():
         raise RuntimeError("timer failed")
 
-    floop.after(1, boom)
-    floop.after(1, fired.append, "after the failure")
-    floop.after(2, fired.append, "later")
+    fake_loop.after(1, boom)
+    fake_loop.after(1, fired.append, "after the failure")
+    fake_loop.after(2, fired.append, "later")
 
-    clock.advance(2)
-    floop.update()
+    clock.advance(0.002)
+    fake_loop.update()
 
     assert [str(e) for e in errors] == ["timer failed"]
     assert isinstance(errors[0], RuntimeError)
@@ -172,54 +147,54 @@ def test_a_real_clock_timer_fires_in_vwait(loop):
 
 # --------------------------------------------------------------- cancelling
 
-def test_after_cancel_of_a_pending_timer_stops_it(floop, clock):
+def test_after_cancel_of_a_pending_timer_stops_it(fake_loop, clock):
     fired = []
-    keep = floop.after(10, fired.append, "kept")
-    drop = floop.after(10, fired.append, "dropped")
+    keep = fake_loop.after(10, fired.append, "kept")
+    drop = fake_loop.after(10, fired.append, "dropped")
 
-    floop.after_cancel(drop)
-    clock.advance(10)
-    floop.update()
+    fake_loop.after_cancel(drop)
+    clock.advance(0.01)
+    fake_loop.update()
 
     assert fired == ["kept"]
-    assert keep not in floop.after_info()
+    assert keep not in fake_loop.after_info()
 
 
-def test_after_cancel_of_a_fired_timer_is_a_no_op(floop, clock):
+def test_after_cancel_of_a_fired_timer_is_a_no_op(fake_loop, clock):
     fired = []
-    timer = floop.after(0, fired.append, "once")
-    floop.update()
+    timer = fake_loop.after(0, fired.append, "once")
+    fake_loop.update()
 
-    floop.after_cancel(timer)
-    floop.after_cancel(timer)
+    fake_loop.after_cancel(timer)
+    fake_loop.after_cancel(timer)
 
     assert fired == ["once"]
-    assert floop.after_info() == []
+    assert fake_loop.after_info() == []
 
 
 @pytest.mark.parametrize("garbage", [None, -1, "after#1", object(), 3.5, [1, 2], {}])
-def test_after_cancel_of_anything_not_a_timer_is_a_no_op(floop, clock, garbage):
+def test_after_cancel_of_anything_not_a_timer_is_a_no_op(fake_loop, clock, garbage):
     fired = []
-    floop.after(0, fired.append, "untouched")
+    fake_loop.after(0, fired.append, "untouched")
 
-    floop.after_cancel(garbage)
-    floop.update()
+    fake_loop.after_cancel(garbage)
+    fake_loop.update()
 
     assert fired == ["untouched"]
 
 
-def test_after_cancel_of_a_timer_from_another_loop_is_a_no_op(floop, clock):
+def test_after_cancel_of_a_timer_from_another_loop_is_a_no_op(fake_loop, clock):
     other = evloop.Loop(clock=clock)
     try:
         fired = []
         foreign = other.after(0, fired.append, "other loop")
-        ours = floop.after(0, fired.append, "our loop")
+        ours = fake_loop.after(0, fired.append, "our loop")
 
-        floop.after_cancel(foreign)         # not one of ours
-        floop.after_cancel(ours)
-        floop.after_cancel(ours)            # twice: still a no-op
+        fake_loop.after_cancel(foreign)         # not one of ours
+        fake_loop.after_cancel(ours)
+        fake_loop.after_cancel(ours)            # twice: still a no-op
         other.update()
-        floop.update()
+        fake_loop.update()
 
         assert fired == ["other loop"]
         assert foreign not in other.after_info()
@@ -227,90 +202,90 @@ def test_after_cancel_of_a_timer_from_another_loop_is_a_no_op(floop, clock):
         other.close()
 
 
-def test_a_timer_cancelled_by_an_earlier_timer_of_the_same_pass_does_not_run(floop, clock):
+def test_a_timer_cancelled_by_an_earlier_timer_of_the_same_pass_does_not_run(fake_loop, clock):
     fired = []
-    victim = floop.after(5, fired.append, "victim")
-    floop.after(1, floop.after_cancel, victim)
+    victim = fake_loop.after(5, fired.append, "victim")
+    fake_loop.after(1, fake_loop.after_cancel, victim)
 
-    clock.advance(5)
-    floop.update()
+    clock.advance(0.005)
+    fake_loop.update()
 
     assert fired == []
 
 
-def test_after_cancel_of_a_pending_idle_callback_stops_it(floop):
+def test_after_cancel_of_a_pending_idle_callback_stops_it(fake_loop):
     fired = []
-    idle = floop.after_idle(fired.append, "idle")
+    idle = fake_loop.after_idle(fired.append, "idle")
 
-    floop.after_cancel(idle)
-    floop.update()
+    fake_loop.after_cancel(idle)
+    fake_loop.update()
 
     assert fired == []
-    assert floop.after_info() == []
+    assert fake_loop.after_info() == []
 
 
-def test_scheduling_and_cancelling_200k_timers_is_fast_and_the_heap_shrinks(floop, clock):
-    keep = floop.after(10_000, lambda: None)
+def test_scheduling_and_cancelling_200k_timers_is_fast_and_the_heap_shrinks(fake_loop, clock):
+    keep = fake_loop.after(10_000, lambda: None)
     start = time.perf_counter()
     for _ in range(200_000):
-        floop.after_cancel(floop.after(1000, lambda: None))
+        fake_loop.after_cancel(fake_loop.after(1000, lambda: None))
     elapsed = time.perf_counter() - start
 
     # O(log n) each: well under a second on any machine (O(n) cancel would
     # take minutes).  The next pass sweeps the heap: it holds a few hundred
     # entries, not 200k.
     assert elapsed < 3.0
-    floop.run_once(0)
-    assert len(floop._heap) < 1000
-    assert floop.after_info() == [keep]
+    fake_loop.run_once(0)
+    assert len(fake_loop._heap) < 1000
+    assert fake_loop.after_info() == [keep]
 
 
-def test_cancelling_most_of_a_big_batch_keeps_the_survivors_in_order(floop, clock):
+def test_cancelling_most_of_a_big_batch_keeps_the_survivors_in_order(fake_loop, clock):
     fired = []
-    timers = [floop.after(n % 97, fired.append, n) for n in range(20_000)]
+    timers = [fake_loop.after(n % 97, fired.append, n) for n in range(20_000)]
     survivors = set(range(0, 20_000, 1000))
     for n, timer in enumerate(timers):
         if n not in survivors:
-            floop.after_cancel(timer)
+            fake_loop.after_cancel(timer)
 
-    clock.advance(100)
-    floop.update()
+    clock.advance(0.1)
+    fake_loop.update()
 
     assert fired == sorted(survivors, key=lambda n: (n % 97, n))
 
 
 # ---------------------------------------------------------------- after_info
 
-def test_after_info_lists_pending_timers_and_idle_callbacks(floop, clock):
-    t1 = floop.after(20, lambda: None)
-    t2 = floop.after(10, lambda: None)
-    i1 = floop.after_idle(lambda: None)
+def test_after_info_lists_pending_timers_and_idle_callbacks(fake_loop, clock):
+    t1 = fake_loop.after(20, lambda: None)
+    t2 = fake_loop.after(10, lambda: None)
+    i1 = fake_loop.after_idle(lambda: None)
 
-    assert set(floop.after_info()) == {t1, t2, i1}
+    assert set(fake_loop.after_info()) == {t1, t2, i1}
 
-    clock.advance(10)
-    floop.run_once(0)                   # t2 fires; idle waits (a timer ran)
-    assert set(floop.after_info()) == {t1, i1}
+    clock.advance(0.01)
+    fake_loop.run_once(0)                   # t2 fires; idle waits (a timer ran)
+    assert set(fake_loop.after_info()) == {t1, i1}
 
-    floop.update()                      # nothing else due: idle runs
-    assert floop.after_info() == [t1]
+    fake_loop.update()                      # nothing else due: idle runs
+    assert fake_loop.after_info() == [t1]
 
 
-def test_after_info_of_one_id_tells_its_callback_args_and_kind(floop, clock):
-    timer = floop.after(20, print, "a", "b")
-    idle = floop.after_idle(len, "x")
+def test_after_info_of_one_id_tells_its_callback_args_and_kind(fake_loop, clock):
+    timer = fake_loop.after(20, print, "a", "b")
+    idle = fake_loop.after_idle(len, "x")
 
-    assert floop.after_info(timer) == (print, ("a", "b"), "timer")
-    assert floop.after_info(idle) == (len, ("x",), "idle")
-    floop.after_cancel(timer)
+    assert fake_loop.after_info(timer) == (print, ("a", "b"), "timer")
+    assert fake_loop.after_info(idle) == (len, ("x",), "idle")
+    fake_loop.after_cancel(timer)
     with pytest.raises(ValueError):
-        floop.after_info(timer)
+        fake_loop.after_info(timer)
     with pytest.raises(ValueError):
-        floop.after_info("after#1")
+        fake_loop.after_info("after#1")
 
 
-def test_after_info_is_empty_on_a_fresh_loop(floop):
-    assert floop.after_info() == []
+def test_after_info_is_empty_on_a_fresh_loop(fake_loop):
+    assert fake_loop.after_info() == []
 
 
 def test_module_level_after_functions_use_the_thread_loop(loop):
@@ -328,90 +303,90 @@ def test_module_level_after_functions_use_the_thread_loop(loop):
 
 # ------------------------------------------------------------------- idle
 
-def test_idle_callback_runs_only_when_nothing_else_is_ready(floop, clock):
+def test_idle_callback_runs_only_when_nothing_else_is_ready(fake_loop, clock):
     fired = []
-    floop.after_idle(fired.append, "idle")
-    floop.after(0, fired.append, "timer")
+    fake_loop.after_idle(fired.append, "idle")
+    fake_loop.after(0, fired.append, "timer")
 
-    floop.run_once(0)
+    fake_loop.run_once(0)
     assert fired == ["timer"]
 
-    floop.run_once(0)
+    fake_loop.run_once(0)
     assert fired == ["timer", "idle"]
 
 
-def test_idle_callback_waits_while_a_timer_keeps_the_loop_busy(floop, clock):
+def test_idle_callback_waits_while_a_timer_keeps_the_loop_busy(fake_loop, clock):
     fired = []
-    floop.after_idle(fired.append, "idle")
+    fake_loop.after_idle(fired.append, "idle")
 
     def busy(n):
         fired.append(n)
         if n < 3:
-            floop.after(0, busy, n + 1)
+            fake_loop.after(0, busy, n + 1)
 
-    floop.after(0, busy, 1)
-    floop.update()
+    fake_loop.after(0, busy, 1)
+    fake_loop.update()
 
     assert fired == [1, 2, 3, "idle"]
 
 
-def test_idle_callbacks_run_in_the_order_they_were_queued(floop):
+def test_idle_callbacks_run_in_the_order_they_were_queued(fake_loop):
     fired = []
     for n in range(10):
-        floop.after_idle(fired.append, n)
+        fake_loop.after_idle(fired.append, n)
 
-    floop.update()
+    fake_loop.update()
 
     assert fired == list(range(10))
 
 
-def test_idle_callback_queued_by_an_idle_callback_waits_for_the_next_round(floop):
+def test_idle_callback_queued_by_an_idle_callback_waits_for_the_next_round(fake_loop):
     fired = []
 
     def first():
         fired.append("first")
-        floop.after_idle(fired.append, "queued while idle ran")
+        fake_loop.after_idle(fired.append, "queued while idle ran")
 
-    floop.after_idle(first)
-    floop.after_idle(fired.append, "second")
+    fake_loop.after_idle(first)
+    fake_loop.after_idle(fired.append, "second")
 
-    floop.run_once(0)
+    fake_loop.run_once(0)
     assert fired == ["first", "second"]
 
-    floop.run_once(0)
+    fake_loop.run_once(0)
     assert fired == ["first", "second", "queued while idle ran"]
 
 
-def test_idle_callback_that_raises_goes_to_bgerror(floop):
+def test_idle_callback_that_raises_goes_to_bgerror(fake_loop):
     errors, fired = [], []
-    floop.bgerror(errors.append)
-    floop.after_idle(lambda: 1 / 0)
-    floop.after_idle(fired.append, "next")
+    fake_loop.bgerror(errors.append)
+    fake_loop.after_idle(lambda: 1 / 0)
+    fake_loop.after_idle(fired.append, "next")
 
-    floop.update()
+    fake_loop.update()
 
     assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
     assert fired == ["next"]
 
 
-def test_update_idletasks_runs_only_idle_callbacks(floop, clock):
+def test_update_idletasks_runs_only_idle_callbacks(fake_loop, clock):
     fired = []
-    floop.after(0, fired.append, "timer")
-    floop.after_idle(fired.append, "idle")
-    floop.call_soon_threadsafe(fired.append, "threadsafe")
+    fake_loop.after(0, fired.append, "timer")
+    fake_loop.after_idle(fired.append, "idle")
+    fake_loop.call_soon_threadsafe(fired.append, "threadsafe")
 
-    floop.update(idletasks=True)
+    fake_loop.update(idletasks=True)
     assert fired == ["idle"]
 
-    floop.update()
+    fake_loop.update()
     assert sorted(fired) == ["idle", "threadsafe", "timer"]
 
 
-def test_timer_ids_are_distinct_increasing_numbers_across_loops(floop):
+def test_timer_ids_are_distinct_increasing_numbers_across_loops(fake_loop):
     other = evloop.Loop()
     try:
-        ids = [floop.after(10, lambda: None), floop.after_idle(lambda: None),
-               other.after(10, lambda: None), floop.after(10, lambda: None)]
+        ids = [fake_loop.after(10, lambda: None), fake_loop.after_idle(lambda: None),
+               other.after(10, lambda: None), fake_loop.after(10, lambda: None)]
     finally:
         other.close()
 
@@ -420,13 +395,13 @@ def test_timer_ids_are_distinct_increasing_numbers_across_loops(floop):
 
 
 @pytest.mark.parametrize("schedule", ["after", "after_idle"])
-def test_scheduling_something_not_callable_raises_and_schedules_nothing(floop, schedule):
+def test_scheduling_something_not_callable_raises_and_schedules_nothing(fake_loop, schedule):
     with pytest.raises(TypeError):
         if schedule == "after":
-            floop.after(10, "puts hello")
+            fake_loop.after(10, "puts hello")
         else:
-            floop.after_idle("puts hello")
-    assert floop.after_info() == []
+            fake_loop.after_idle("puts hello")
+    assert fake_loop.after_info() == []
 
 
 # ---------------------------------------------------- timers and nested vwait
@@ -441,83 +416,172 @@ def _guard(loop: evloop.Loop, var: evloop.Var, seconds: float) -> threading.Time
 
 
 @pytest.mark.timeout(10)
-def test_vwait_inside_a_timer_is_woken_by_a_timer_due_in_the_same_pass(floop, clock):
+def test_vwait_inside_a_timer_is_woken_by_a_timer_due_in_the_same_pass(fake_loop, clock):
     # Tcl: after 0 {vwait v}; after 0 {set v 1} -- the second timer runs inside
     # the first one's vwait (Tcl takes timers off its list one at a time).
     var, seen = evloop.Var(), []
-    floop.after(0, lambda: seen.append(floop.vwait(var)))
-    floop.after(0, var.set, "set by the second timer")
-    guard = _guard(floop, var, 1.0)
+    fake_loop.after(0, lambda: seen.append(fake_loop.vwait(var)))
+    fake_loop.after(0, var.set, "set by the second timer")
+    guard = _guard(fake_loop, var, 1.0)
 
-    floop.update()
+    fake_loop.update()
     guard.cancel()
 
     assert seen == ["set by the second timer"]
 
 
 @pytest.mark.timeout(10)
-def test_vwait_inside_an_idle_callback_is_woken_by_the_next_idle_callback(floop):
+def test_vwait_inside_an_idle_callback_is_woken_by_the_next_idle_callback(fake_loop):
     var, seen = evloop.Var(), []
-    floop.after_idle(lambda: seen.append(floop.vwait(var)))
-    floop.after_idle(var.set, "set by the second idle callback")
-    guard = _guard(floop, var, 1.0)
+    fake_loop.after_idle(lambda: seen.append(fake_loop.vwait(var)))
+    fake_loop.after_idle(var.set, "set by the second idle callback")
+    guard = _guard(fake_loop, var, 1.0)
 
-    floop.update()
+    fake_loop.update()
     guard.cancel()
 
     assert seen == ["set by the second idle callback"]
 
 
-def test_keyboard_interrupt_out_of_a_timer_loses_no_other_due_timer(floop, clock):
+def test_keyboard_interrupt_out_of_a_timer_loses_no_other_due_timer(fake_loop, clock):
     fired = []
 
     def interrupt():
         raise KeyboardInterrupt
 
-    floop.after(1, fired.append, "before")
-    floop.after(1, interrupt)
-    floop.after(1, fired.append, "after")
-    clock.advance(1)
+    fake_loop.after(1, fired.append, "before")
+    fake_loop.after(1, interrupt)
+    fake_loop.after(1, fired.append, "after")
+    clock.advance(0.001)
 
     with pytest.raises(KeyboardInterrupt):
-        floop.update()
+        fake_loop.update()
     assert fired == ["before"]
 
-    floop.update()
+    fake_loop.update()
     assert fired == ["before", "after"]
-    assert floop.after_info() == []
+    assert fake_loop.after_info() == []
 
 
-def test_keyboard_interrupt_out_of_an_idle_callback_loses_no_other_idle_callback(floop):
+def test_keyboard_interrupt_out_of_an_idle_callback_loses_no_other_idle_callback(fake_loop):
     fired = []
 
     def interrupt():
         raise KeyboardInterrupt
 
-    floop.after_idle(interrupt)
-    floop.after_idle(fired.append, "still runs")
+    fake_loop.after_idle(interrupt)
+    fake_loop.after_idle(fired.append, "still runs")
 
     with pytest.raises(KeyboardInterrupt):
-        floop.update()
-    assert floop.after_info() != []
+        fake_loop.update()
+    assert fake_loop.after_info() != []
 
-    floop.update()
+    fake_loop.update()
     assert fired == ["still runs"]
 
 
-def test_cancelling_a_timer_due_in_the_same_pass_keeps_the_heap_sound(floop, clock):
+def test_cancelling_a_timer_due_in_the_same_pass_keeps_the_heap_sound(fake_loop, clock):
     # Timers cancelled after being taken off the heap for running must not
     # upset the heap's count of dead entries (ordering keeps working).
     fired = []
     for _ in range(300):
-        victims = [floop.after(1, fired.append, "victim") for _ in range(3)]
-        floop.after(0, lambda v=victims: [floop.after_cancel(t) for t in v])
-    clock.advance(1)
-    floop.update()                 # each canceller runs before its victims
+        victims = [fake_loop.after(1, fired.append, "victim") for _ in range(3)]
+        fake_loop.after(0, lambda v=victims: [fake_loop.after_cancel(t) for t in v])
+    clock.advance(0.001)
+    fake_loop.update()                 # each canceller runs before its victims
     assert fired == []
 
-    later = [floop.after(n, fired.append, n) for n in (30, 10, 20)]
-    clock.advance(30)
-    floop.update()
+    later = [fake_loop.after(n, fired.append, n) for n in (30, 10, 20)]
+    clock.advance(0.03)
+    fake_loop.update()
     assert fired[-3:] == [10, 20, 30]
-    assert not set(later) & set(floop.after_info())
+    assert not set(later) & set(fake_loop.after_info())
+
+
+# ------------------------------------------------- the fake clock of the tests
+# The timeout tests elsewhere rely on conftest's FakeClock jumping only when
+# the loop has nothing to do; these pin that down.
+
+def test_autojump_runs_a_long_timer_at_once_at_its_exact_fake_time(autojump_loop, autojump_clock):
+    done = evloop.Var()
+    start, real = autojump_loop.time(), time.monotonic()
+    autojump_loop.after(30_000, lambda: done.set(autojump_loop.time()))
+
+    assert autojump_loop.vwait(done) == start + 30.0
+    assert autojump_clock.jumps == 1 and time.monotonic() - real < 5
+
+
+def test_autojump_handles_loopback_io_before_any_jump(autojump_loop, autojump_clock):
+    # A request and its echo over loopback TCP, with a 2 s timeout pending:
+    # every step is real I/O, so fake time must not move at all.
+    loop, reply = autojump_loop, evloop.Var()
+    start = loop.time()
+
+    def echo(ch):
+        if (line := ch.gets()) is not None:
+            ch.puts(line)
+
+    def accept(ch, _host, _port):
+        loop.fileevent(ch, "readable", echo, ch)
+
+    srv = evloop.server(accept, 0, "127.0.0.1", loop=loop)
+    client = evloop.open_async("127.0.0.1", srv.port, loop)
+
+    def connected():
+        loop.fileevent(client, "writable", None)     # a deferred interest change,
+        client.puts("ping")                          # then data already waiting
+        loop.fileevent(client, "readable", lambda: reply.set(client.gets()))
+
+    loop.fileevent(client, "writable", connected)
+    timeout = loop.after(2000, reply.set, "timeout")
+    try:
+        assert loop.vwait(reply) == "ping"
+        assert loop.time() == start and autojump_clock.jumps == 0
+    finally:
+        loop.after_cancel(timeout)
+        client.close()
+        srv.close()
+
+
+def test_autojump_waits_for_io_that_comes_within_the_threshold(autojump_loop):
+    # A peer in another thread answers after a fifth of the threshold: the
+    # clock must see the I/O coming and not jump to the 1 s timeout.
+    loop, got = autojump_loop, evloop.Var()
+    a, b = socket.socketpair()
+    try:
+        loop.fileevent(a, "readable", lambda: got.set(a.recv(10)))
+        loop.after(1000, got.set, "timeout")
+        peer = threading.Timer(AUTOJUMP / 5, b.send, (b"late",))
+        peer.start()
+        assert loop.vwait(got) == b"late"
+        peer.join()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_autojump_never_moves_time_in_update_or_run_once_0(autojump_loop):
+    fired = []
+    autojump_loop.after(1000, fired.append, "timer")
+    start = autojump_loop.time()
+
+    autojump_loop.update()
+    for _ in range(5):
+        autojump_loop.run_once(0)
+
+    assert fired == [] and autojump_loop.time() == start
+    wait_for(autojump_loop, lambda: fired)      # passes that may sleep: it jumps
+    assert fired == ["timer"] and autojump_loop.time() == start + 1.0
+
+
+def test_a_manual_fake_clock_moves_only_when_advanced(fake_loop, clock):
+    fired = []
+    fake_loop.after(1000, fired.append, "timer")
+    fake_loop.run_once(0.01)            # real time passes; fake time does not
+    assert fired == [] and fake_loop.time() == clock.now == 0.0
+
+    clock.advance(1.0)
+    fake_loop.update()
+    assert fired == ["timer"]
+    with pytest.raises(ValueError):
+        clock.advance(-1)
