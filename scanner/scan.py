@@ -491,7 +491,12 @@ class Scanner:
         does not allow a connect now."""
         now = self.loop.time()
         due = self._due
-        if now >= due - self._tolerance:
+        # A microsecond of slack: a timer's deadline is a whole millisecond
+        # tick, and tick / 1000 may come out a hair short of ``due`` in
+        # floating point.  Without the slack a clock that jumps to deadlines
+        # (a test's) would wake, find itself short, and set a timer for the
+        # same tick again, for ever.
+        if now >= due - self._tolerance - 1e-6:
             return False
         if self._kick is None:
             self._kick = self.loop.after((due - self._tolerance - now) * 1000.0, self._refill)
