@@ -27,10 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# isort: off
-from .loop import Loop, Var, get_loop, set_loop  # first: it imports channel
 from .channel import Channel
-# isort: on
+from .loop import Loop, Var, get_loop, set_loop
 from .sockets import Server, open, open_async, server
 from .timers import TimerId
 

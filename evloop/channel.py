@@ -19,13 +19,23 @@ translates and decodes a view of the buffer and removes just the raw bytes
 of the characters it returns, so the next request still sees a \\r\\n or a
 lone \\r at the cut.  A \\r that was the last byte of the buffer may be half a
 \\r\\n: ``auto`` has taken it as a line end and drops the \\n when it comes;
-``crlf`` waits for the next byte.  While the buffer still
-holds data that the last ``gets`` or ``read`` left behind, the loop counts the
-channel readable (Tcl's rule): a handler that reads one line per call is
-called again for the next line even though the socket itself has nothing new.
-What a request left because it could not use it (part of a line after
-``gets``, part of a character after ``read``: ``blocked()`` is true) does not
-count, or the handler would be called again and again for it.
+``crlf`` waits for the next byte.
+
+Events.  The channel sits above the loop and uses only its public calls,
+as Tcl's channel layer sits above its notifier: ``loop.fileevent(ch, ...)``
+hands the call to `Channel.fileevent`, which keeps the user's handlers
+itself and asks the loop for the socket events it needs now (`_interest`,
+Tcl's ``UpdateInterest``): readable while there is a readable handler,
+writable while there is a writable handler or output waits.  The loop calls
+the channel's own handlers, which call the user's.  While the buffer still
+holds data that the last ``gets`` or ``read`` left behind, the channel
+counts as readable (Tcl's rule) though the socket may have nothing new: it
+arms a 0 ms timer with ``loop.after`` that calls the readable handler, as
+Tcl's ``ChannelTimerProc`` does, so a handler that reads one line per call
+is called again for the next line.  What a request left because it could
+not use it (part of a line after ``gets``, part of a character after
+``read``: ``blocked()`` is true) does not count, or the handler would be
+called again and again for it.
 
 Output.  ``puts`` encodes and appends to the output buffer, which is sent
 according to the buffering mode: ``line`` (the default: at each newline),
@@ -33,9 +43,10 @@ according to the buffering mode: ``line`` (the default: at each newline),
 (When nothing is queued, what is due is sent straight from the new text,
 and only what the socket does not take is queued.)
 A blocking channel sends it all before returning.  A non-blocking channel
-sends what the socket takes and keeps the rest; the loop then watches the
-socket for writability and sends more each time (Tcl's background flush),
-until the buffer is empty.  ``close`` on a non-blocking channel returns at
+sends what the socket takes and keeps the rest; it then asks the loop to
+watch the socket for writability, and its writable handler sends more
+each time, before the user's writable handler runs (Tcl's background
+flush), until the buffer is empty.  ``close`` on a non-blocking channel returns at
 once and the socket is closed when its output has drained; an error met
 while flushing in the background is kept, returned by ``error()`` and raised
 by the next ``puts``, ``flush`` or ``close``.
@@ -51,8 +62,10 @@ from __future__ import annotations
 import codecs
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
+from ._addresses import shown
 from .loop import Loop, get_loop
 
 __all__ = ["Channel"]
@@ -63,6 +76,10 @@ _OUT_MODES = {"auto": b"\n", "lf": b"\n", "crlf": b"\r\n", "cr": b"\r", "binary"
 _BUFFERING = ("none", "line", "full")
 # recv()/send() exceptions that mean "nothing now, try later".
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
+# The socket events a channel asks the loop for.
+_R, _W = 1, 2
+# fileevent's handler argument when none is given: a query.
+_QUERY: Any = object()
 
 
 class Channel:
@@ -76,10 +93,11 @@ class Channel:
     __slots__ = ("sock", "_fd", "_loop", "_inbuf", "_outbuf", "_eof", "_blocked",
                  "_skip_lf", "_error", "_write_error", "_closed", "_blocking",
                  "_buffering", "_buffersize", "_encoding", "_in_mode", "_out_mode",
-                 "__weakref__")
+                 "_reader", "_reader_args", "_writer", "_writer_args",
+                 "_watching", "_timer", "__weakref__")
 
     def __init__(self, sock: socket.socket, loop: Loop | None = None,
-                 blocking: bool = False) -> None:
+                 blocking: bool = False, error: OSError | None = None) -> None:
         self.sock = sock
         self._fd = sock.fileno()
         self._loop = loop if loop is not None else get_loop()
@@ -88,7 +106,7 @@ class Channel:
         self._eof = False           # recv() returned b""
         self._blocked = False       # the last input request could not be met
         self._skip_lf = False       # a \r ended the last line; drop a \n next
-        self._error: OSError | None = None        # kept for error()
+        self._error: OSError | None = error       # kept for error()
         self._write_error: OSError | None = None  # raised by the next write
         self._closed = False        # close() called (the socket may still drain)
         self._blocking = blocking
@@ -97,6 +115,15 @@ class Channel:
         self._encoding = "utf-8"
         self._in_mode = "auto"
         self._out_mode = "lf"
+        # The user's handlers; the loop only ever sees the channel's own
+        # (_on_readable, _on_writable), set on the socket as `_interest`
+        # decides.
+        self._reader: Any = None
+        self._reader_args: tuple = ()
+        self._writer: Any = None
+        self._writer_args: tuple = ()
+        self._watching = 0          # the socket events asked of the loop (bits)
+        self._timer: Any = None     # the 0 ms timer for buffered input, if armed
         if sock.getblocking() != blocking:      # setblocking() is a system call
             sock.setblocking(blocking)
 
@@ -139,7 +166,7 @@ class Channel:
             self.sock.setblocking(self._blocking)
             if self._blocking and self._outbuf:
                 self._flush()                    # all of it, now
-                self._loop._watch_output(self)   # no background flush left
+                self._interest()                 # no background flush left
         return config
 
     def _configuration(self) -> dict[str, Any]:
@@ -150,6 +177,104 @@ class Channel:
             "encoding": self._encoding,
             "translation": (self._in_mode, self._out_mode),
         }
+
+    # --------------------------------------------------------------- events
+
+    def fileevent(self, event: str, callback: Any = _QUERY,
+                  *args: Any) -> Callable[..., Any] | None:
+        """Set, remove or query the channel's handler for ``event``
+        (Tcl's ``chan event``); ``loop.fileevent(ch, ...)`` comes here.
+
+        ``fileevent("readable", cb, *args)`` makes ``cb(*args)`` run when
+        the channel is readable: the socket has input, or the buffer holds
+        input that the last ``gets``/``read`` left (Tcl's rule);
+        ``fileevent("writable", cb)`` when the socket can take output.
+        ``None`` removes the handler; no callback returns the current one.
+        A handler that raises is reported through ``loop.report`` and
+        deleted, as the loop does with its own.  Raises ValueError for a bad
+        event name or a closed channel, TypeError for a handler that is not
+        callable.
+        """
+        if event == "readable":
+            if callback is _QUERY:
+                return self._reader
+        elif event == "writable":
+            if callback is _QUERY:
+                return self._writer
+        else:
+            raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
+        if callback is not None:
+            if not callable(callback):
+                raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
+            if self._closed:
+                raise ValueError("fileevent on a closed channel")
+        if event == "readable":
+            self._reader, self._reader_args = callback, args
+            if callback is not None and self._has_input():
+                self._note_input()
+        else:
+            self._writer, self._writer_args = callback, args
+        self._interest()
+        return None
+
+    def _interest(self) -> None:
+        """Ask the loop for the socket events the channel needs now (Tcl's
+        ``UpdateInterest``): readable while a handler wants input, writable
+        while a handler wants it or output waits (the background flush)."""
+        if self._fd < 0:
+            return
+        want = _R if self._reader is not None else 0
+        if self._writer is not None or self._outbuf:
+            want |= _W
+        changed = want ^ self._watching
+        if not changed:
+            return
+        self._watching = want
+        loop, fd = self._loop, self._fd
+        if changed & _R:
+            loop.fileevent(fd, "readable", self._on_readable if want & _R else None)
+        if changed & _W:
+            loop.fileevent(fd, "writable", self._on_writable if want & _W else None)
+
+    def _note_input(self) -> None:
+        """The buffer holds input the readable handler should see, though
+        the socket may have nothing new: arm a 0 ms timer that calls it
+        (Tcl's ``ChannelTimerProc``).  Once is enough until it fires."""
+        if self._timer is None and self._reader is not None:
+            self._timer = self._loop.after(0, self._on_buffered)
+
+    def _on_buffered(self) -> None:
+        self._timer = None
+        if self._has_input():
+            self._call(_R)
+
+    def _on_readable(self) -> None:
+        self._call(_R)
+
+    def _on_writable(self) -> None:
+        if self._outbuf:
+            self._drain()                       # the background flush first
+        self._call(_W)
+
+    def _call(self, which: int) -> None:
+        """Run the user's readable (_R) or writable (_W) handler, if set."""
+        if which == _R:
+            callback, args = self._reader, self._reader_args
+        else:
+            callback, args = self._writer, self._writer_args
+        if callback is None or self._closed:
+            return
+        try:
+            callback(*args)
+        except Exception as exc:
+            # As the loop does with a handler of its own, and Tcl: report
+            # it and delete it, so it can't raise again on every pass.
+            if which == _R:
+                self._reader, self._reader_args = None, ()
+            else:
+                self._writer, self._writer_args = None, ()
+            self._interest()
+            self._loop.report(exc)
 
     # ---------------------------------------------------------------- input
 
@@ -178,7 +303,7 @@ class Channel:
             line = None
         self._blocked = line is None and not self._eof
         if buf and not self._blocked:          # see _has_input
-            self._loop._note_input(self)
+            self._note_input()
         if line is None:
             return None
         if self._encoding == "binary":
@@ -205,7 +330,7 @@ class Channel:
         # character, is no reason to call the readable handler again.
         self._blocked = not self._eof and (n is None or len(text) < n)
         if self._has_input():
-            self._loop._note_input(self)
+            self._note_input()
         return text
 
     def eof(self) -> bool:
@@ -386,7 +511,7 @@ class Channel:
             sent = self._send(data)
             if sent < len(data):
                 self._outbuf += data[sent:]
-                self._loop._watch_output(self)
+                self._interest()
 
     def flush(self) -> None:
         """Send the buffered output (in the background if non-blocking)."""
@@ -404,7 +529,7 @@ class Channel:
             return
         self._send_some()
         if self._outbuf:
-            self._loop._watch_output(self)
+            self._interest()
 
     def _send_some(self) -> None:
         """Send what the socket takes of the queued output now."""
@@ -422,7 +547,8 @@ class Channel:
             raise
 
     def _drain(self) -> None:
-        """Called by the loop when the socket is writable and output waits."""
+        """The background flush: the socket is writable and output waits.
+        An error is kept for ``error()`` and the next write."""
         try:
             self._send_some()
         except OSError as exc:
@@ -432,7 +558,7 @@ class Channel:
             if self._closed:
                 self._finish_close()
             else:
-                self._loop._watch_output(self)      # stop watching writable
+                self._interest()                # stop watching writable
 
     def _raise_write_error(self) -> None:
         exc = self._write_error
@@ -466,7 +592,9 @@ class Channel:
         if self._outbuf:
             # The handlers go now, the socket once the output has drained
             # (in _drain).
-            self._loop._remove_handlers(self)
+            self._reader = self._writer = None
+            self._reader_args = self._writer_args = ()
+            self._interest()
             return
         self._finish_close()
         if exc is not None:
@@ -474,8 +602,14 @@ class Channel:
 
     def _finish_close(self) -> None:
         # Unregister first, then close: a reused descriptor number must not
-        # inherit our registration.
-        self._loop._forget(self._fd)
+        # inherit our registration.  (The channel watches its descriptor by
+        # number, and the loop lets go of a number left without handlers at
+        # once.)
+        self._reader = self._writer = None
+        self._reader_args = self._writer_args = ()
+        self._loop.after_cancel(self._timer)
+        self._timer = None
+        self._interest()
         self._fd = -1
         try:
             self.sock.close()
@@ -524,13 +658,13 @@ class Channel:
         not connected."""
         if self._closed:
             raise ValueError("I/O operation on a closed channel")
-        return _address(self.sock.getpeername())
+        return shown(self.sock.getpeername())
 
     def sockname(self) -> tuple[str, int] | str:
         """The local (host, port), or path for a Unix socket."""
         if self._closed:
             raise ValueError("I/O operation on a closed channel")
-        return _address(self.sock.getsockname())
+        return shown(self.sock.getsockname())
 
 
 def _checked_option(name: str, value: Any) -> Any:
@@ -558,15 +692,3 @@ def _checked_option(name: str, value: Any) -> Any:
                              " or an (input, output) pair of them")
         return tuple(pair)
     return value
-
-
-def _address(addr: Any) -> tuple[str, int] | str:
-    """A socket address as (host, port), IPv4-mapped IPv6 shown as IPv4."""
-    if isinstance(addr, (str, bytes)):
-        return addr.decode() if isinstance(addr, bytes) else addr
-    if len(addr) == 2:
-        return addr                 # IPv4: (host, port) as it is
-    host, port = addr[0], addr[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return host, port

@@ -3,11 +3,11 @@
 How a pass of the loop works
 ----------------------------
 ``Loop.run_once`` is the heartbeat of every program built on evloop.  Each
-pass does the same six things, in this order:
+pass does the same five things, in this order:
 
-1. Decide how long it may sleep: not at all if callbacks from other threads,
-   buffered channel input or idle callbacks are waiting; otherwise until the
-   nearest timer deadline (or for ever, or the caller's ``timeout``).
+1. Decide how long it may sleep: not at all if callbacks from other threads
+   or idle callbacks are waiting; otherwise until the nearest timer
+   deadline (or for ever, or the caller's ``timeout``).
 2. Tell the selector what the handlers set or removed since the last
    pass now want, one change per descriptor however many ``fileevent``
    calls led to it (as Tcl's notifier and libuv do); then ask it (epoll on
@@ -21,13 +21,18 @@ pass does the same six things, in this order:
    pass does not run, and once a descriptor is closed its watch is dead, so
    a new socket that gets the same number never receives events meant for
    the old one.
-4. Call the readable handlers of channels that still hold unread input
-   (Tcl counts such a channel readable even if the socket is not).
-5. Run the timers that were due when this step began (one made now, even
+4. Run the timers that were due when this step began (one made now, even
    ``after 0``, waits for the next pass), then the callbacks queued from
    other threads before this step began.
-6. If nothing at all ran in steps 3 to 5, run one generation of idle
+5. If nothing at all ran in steps 3 and 4, run one generation of idle
    callbacks (``after idle``): idle means "no other event was ready".
+
+The loop knows descriptors, timers and idle callbacks, and nothing of
+channels (Tcl's notifier below its channel layer).  A `Channel` is a client
+of the public calls like any other code: ``fileevent`` hands the call to an
+object that keeps its own file events, the channel asks for the socket
+events it needs, and buffered input that its handler has not seen yet is a
+0 ms ``after`` of the channel's own.
 
 An exception in any callback goes to the background-error handler
 (``bgerror``) and the loop carries on.  A file-event handler that raises is
@@ -98,13 +103,12 @@ class _Watch:
     next ``select()`` (see `Loop._apply_changes`).
     """
 
-    __slots__ = ("fd", "owner", "channel", "reader", "reader_args",
+    __slots__ = ("fd", "owner", "reader", "reader_args",
                  "writer", "writer_args", "mask")
 
-    def __init__(self, fd: int, owner: Any, channel: Channel | None) -> None:
+    def __init__(self, fd: int, owner: Any) -> None:
         self.fd = fd
-        self.owner = owner          # the object the user registered
-        self.channel = channel      # set when owner is a Channel
+        self.owner = owner          # the object the handlers were set on
         self.reader: Callable[..., Any] | None = None
         self.reader_args: tuple = ()
         self.writer: Callable[..., Any] | None = None
@@ -112,9 +116,9 @@ class _Watch:
         self.mask = 0               # what the selector was last told to watch
 
     def wanted(self) -> int:
-        """The events the handlers (and a background flush) need now."""
+        """The events the handlers need now."""
         mask = _READ if self.reader is not None else 0
-        if self.writer is not None or (self.channel is not None and self.channel._outbuf):
+        if self.writer is not None:
             mask |= _WRITE
         return mask
 
@@ -144,7 +148,6 @@ class Loop(Timers):
             clock, "deadline_to_sleep_time", self._real_sleep_time)
         self._watches: dict[int, _Watch] = {}
         self._changed: set[_Watch] = set()   # watches whose mask is out of date
-        self._input_ready: dict[Channel, bool] = {}   # channels with unread input
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
@@ -166,15 +169,18 @@ class Loop(Timers):
         whenever ``ch`` is readable, replacing any earlier handler;
         ``fileevent(ch, "readable", None)`` removes it;
         ``fileevent(ch, "readable")`` returns the current callable or None.
-        ``ch`` is a `Channel`, a socket or an integer descriptor; ``event``
-        is ``"readable"`` or ``"writable"``.  Raises ValueError for any other
-        event name and for a closed channel or socket, TypeError for a
-        handler that is not callable, and OSError if the selector refuses
-        the descriptor (a regular file, say); nothing is changed then.  (A
-        descriptor the loop already watches is told of changes before the
-        next poll; if the selector has lost it by then, closed behind the
-        loop's back, its handlers are dropped and the OSError goes to
-        bgerror.)
+        ``ch`` is a socket, an integer descriptor, or an object that keeps
+        its own file events: one with a ``fileevent(event, callback,
+        *args)`` method, as `Channel` has, gets the call handed to it (a
+        channel decides itself which socket events it needs; its events
+        run on the loop it was made with).  ``event`` is ``"readable"`` or
+        ``"writable"``.  Raises ValueError for any other event name and for
+        a closed channel or socket, TypeError for a handler that is not
+        callable, and OSError if the selector refuses the descriptor (a
+        regular file, say); nothing is changed then.  (A descriptor the
+        loop already watches is told of changes before the next poll; if
+        the selector has lost it by then, closed behind the loop's back,
+        its handlers are dropped and the OSError goes to bgerror.)
 
         Remove the handlers of a socket or descriptor before closing it
         yourself (``Channel.close`` does so).  The loop never lets a reused
@@ -185,10 +191,17 @@ class Loop(Timers):
         bit = _EVENTS.get(event)
         if bit is None:
             raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
-        if isinstance(ch, Channel):
-            channel, fd = ch, ch._fd
+        if type(ch) is int:
+            fd = ch
         else:
-            channel, fd = None, _fileno(ch)
+            own = getattr(ch, "fileevent", None)
+            if own is not None:
+                # The object keeps its own events (a Channel): the loop
+                # never looks inside it.
+                if callback is _QUERY:
+                    return own(event)
+                return own(event, callback, *args)
+            fd = _fileno(ch)
         watch = self._watches.get(fd)
         if watch is not None and watch.owner is not ch:
             watch = self._watch_of(ch, fd)       # someone else's: stale?
@@ -199,13 +212,13 @@ class Loop(Timers):
         if callback is not None:
             if not callable(callback):
                 raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
-            if fd < 0 or (channel is not None and channel._closed):
-                raise ValueError("fileevent on a closed channel")
+            if fd < 0:
+                raise ValueError("fileevent on a closed socket")
         elif watch is None:
             return None                        # nothing to remove
         new = watch is None
         if new:
-            watch = _Watch(fd, ch, channel)
+            watch = _Watch(fd, ch)
         if bit == _READ:
             watch.reader, watch.reader_args = callback, args
         else:
@@ -214,8 +227,6 @@ class Loop(Timers):
             self._register(watch)
         else:
             self._change(watch)
-        if bit == _READ and callback is not None and channel is not None and channel._has_input():
-            self._input_ready[channel] = True
         return None
 
     def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
@@ -306,34 +317,9 @@ class Loop(Timers):
             self._selector.unregister(fd)
         except (KeyError, ValueError):
             pass
-        if watch.channel is not None:
-            self._input_ready.pop(watch.channel, None)
         # Dead: an event of this pass that still carries it calls nothing.
         watch.fd = -1
-        watch.channel = watch.reader = watch.writer = None
-
-    def _remove_handlers(self, channel: Channel) -> None:
-        """Remove both handlers of a channel that closes once its output
-        has drained; the output is still watched."""
-        watch = self._watch_of(channel, channel._fd)
-        if watch is not None:
-            watch.reader = watch.writer = None
-            watch.reader_args = watch.writer_args = ()
-        self._input_ready.pop(channel, None)
-        self._watch_output(channel)
-
-    def _watch_output(self, channel: Channel) -> None:
-        """Watch ``channel`` for writability while its output buffer is not
-        empty (the background flush); stop when it is."""
-        watch = self._watch_of(channel, channel._fd)
-        if watch is not None:
-            self._change(watch)
-        elif channel._outbuf:
-            self._register(_Watch(channel._fd, channel, channel))
-
-    def _note_input(self, channel: Channel) -> None:
-        """A channel's buffer holds input: its readable handler is due."""
-        self._input_ready[channel] = True
+        watch.reader = watch.writer = None
 
     # ---------------------------------------------------------- other threads
 
@@ -426,7 +412,7 @@ class Loop(Timers):
         other threads, buffered channel input, idle callbacks, a due
         timer), the time to the nearest timer otherwise, None when only I/O
         can wake it."""
-        if self._threadsafe or self._input_ready or self._idle:
+        if self._threadsafe or self._idle:
             return 0.0
         if not self._heap:
             return None
@@ -447,7 +433,7 @@ class Loop(Timers):
         comes; 0: not at all).
         """
         # 1. How long may we sleep?
-        if self._threadsafe or self._input_ready or self._idle:
+        if self._threadsafe or self._idle:
             timeout = 0
         elif self._heap:
             deadline = self._next_deadline()
@@ -471,19 +457,12 @@ class Loop(Timers):
                     watch.reader(*watch.reader_args)
                 except Exception as exc:
                     self._handler_failed(watch, _READ, exc)
-            if mask & _WRITE:
-                if watch.channel is not None and watch.channel._outbuf:
-                    watch.channel._drain()           # background flush first
-                if watch.writer is not None:
-                    ran += 1
-                    try:
-                        watch.writer(*watch.writer_args)
-                    except Exception as exc:
-                        self._handler_failed(watch, _WRITE, exc)
-
-        # 4. Channels still holding input count as readable.
-        if self._input_ready:
-            ran += self._run_buffered_input()
+            if mask & _WRITE and watch.writer is not None:
+                ran += 1
+                try:
+                    watch.writer(*watch.writer_args)
+                except Exception as exc:
+                    self._handler_failed(watch, _WRITE, exc)
 
         # 5. Timers that are due, then callbacks from other threads.
         if self._heap:
@@ -507,29 +486,6 @@ class Loop(Timers):
                 watch.writer, watch.writer_args = None, ()
             self._change(watch)
         self.report(exc)
-
-    def _run_buffered_input(self) -> int:
-        """Call the readable handlers of the channels whose buffers still
-        hold input (queued by `_note_input`); returns how many ran.
-
-        Each is taken off the queue just before its handler runs: one that
-        reads and leaves more input is queued again for the next pass, and
-        an exception leaving the loop loses none of the others.
-        """
-        ready = self._input_ready
-        ran = 0
-        for channel in list(ready):
-            if not ready.pop(channel, False):
-                continue                         # closed earlier in this pass
-            watch = self._watches.get(channel._fd)
-            if (watch is not None and watch.channel is channel
-                    and watch.reader is not None and channel._has_input()):
-                ran += 1
-                try:
-                    watch.reader(*watch.reader_args)
-                except Exception as exc:
-                    self._handler_failed(watch, _READ, exc)
-        return ran
 
     def _run_threadsafe(self) -> int:
         """Run the callbacks queued by other threads before this call."""
@@ -578,6 +534,10 @@ class Loop(Timers):
         while self.run_once(0):
             pass
 
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
+
     def close(self) -> None:
         """Release the selector and the wakeup pipe; the loop can't run again."""
         if self._closed:
@@ -590,11 +550,9 @@ class Loop(Timers):
 
 
 def _fileno(ch: Any) -> int:
-    """The descriptor of a Channel, socket or int."""
+    """The descriptor of a socket (or anything with ``fileno()``) or int."""
     if isinstance(ch, int):
         return ch
-    if isinstance(ch, Channel):
-        return ch._fd
     try:
         return ch.fileno()
     except AttributeError:
@@ -607,7 +565,7 @@ _local = threading.local()
 def get_loop() -> Loop:
     """The calling thread's default loop, made on first use."""
     loop = getattr(_local, "loop", None)
-    if loop is None or loop._closed:
+    if loop is None or loop.closed():
         loop = _local.loop = Loop()
     return loop
 
@@ -619,6 +577,3 @@ def set_loop(loop: Loop | None) -> Loop | None:
     _local.loop = loop
     return previous
 
-
-# channel.py needs get_loop from here, so it is imported last.
-from .channel import Channel  # noqa: E402
