@@ -5,10 +5,16 @@ How buffering works
 A `Channel` owns one connected socket and two byte buffers.
 
 Input.  ``gets`` and ``read`` serve what is already in the input buffer and
-call ``recv`` only when it does not hold what they need; a non-blocking
-channel calls it until the socket has nothing more and takes what came
-(``blocked()`` then tells that the request could not be met), a blocking one
-calls it until it can answer.
+call ``recv`` only when it does not hold what they need.  A non-blocking
+channel calls it once at most per request, for at most 64 KiB, and takes
+what came (``blocked()`` then tells that the request could not be met): a
+peer that sends without pause costs one bounded step per readable event,
+and timers and other handlers keep their turn.  A blocking one calls it
+until it can answer.  The ``limit`` option (1 MiB by default) bounds the
+buffer: once it holds more than that, the channel stops asking the loop
+for readable events and ``recv`` is not called, and ``gets`` raises
+`LineTooLong` for a line that long, leaving the bytes for ``read``; when
+``read`` (or ``gets``) has taken enough, receiving starts again.
 The buffer holds the bytes as they came; translation and decoding apply
 only to what a request takes out of it.  ``gets`` finds the line end on
 bytes (``\\n``, ``\\r\\n`` or a lone ``\\r`` under the default ``auto``
@@ -68,9 +74,12 @@ from typing import Any
 from ._addresses import shown
 from .loop import Loop, get_loop
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "LineTooLong"]
 
 _RECV_SIZE = 65536
+# The default of the limit option (asyncio's StreamReader has 64 KiB; a
+# port manager's lines are short, but a line of a megabyte is no attack).
+_LIMIT = 1 << 20
 _IN_MODES = ("auto", "lf", "crlf", "cr", "binary")
 _OUT_MODES = {"auto": b"\n", "lf": b"\n", "crlf": b"\r\n", "cr": b"\r", "binary": b"\n"}
 _BUFFERING = ("none", "line", "full")
@@ -80,6 +89,13 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _R, _W = 1, 2
 # fileevent's handler argument when none is given: a query.
 _QUERY: Any = object()
+
+
+class LineTooLong(ValueError):
+    """``gets`` met a line longer than the channel's ``limit`` option.
+
+    The bytes stay in the channel: ``read()`` takes them (and lets the
+    channel receive again), ``close()`` drops them."""
 
 
 class Channel:
@@ -94,7 +110,7 @@ class Channel:
                  "_skip_lf", "_error", "_write_error", "_closed", "_blocking",
                  "_buffering", "_buffersize", "_encoding", "_in_mode", "_out_mode",
                  "_reader", "_reader_args", "_writer", "_writer_args",
-                 "_watching", "_timer", "__weakref__")
+                 "_watching", "_timer", "_limit", "__weakref__")
 
     def __init__(self, sock: socket.socket, loop: Loop | None = None,
                  blocking: bool = False, error: OSError | None = None) -> None:
@@ -124,6 +140,7 @@ class Channel:
         self._writer_args: tuple = ()
         self._watching = 0          # the socket events asked of the loop (bits)
         self._timer: Any = None     # the 0 ms timer for buffered input, if armed
+        self._limit: int | None = _LIMIT   # bytes of input buffered, at most
         if sock.getblocking() != blocking:      # setblocking() is a system call
             sock.setblocking(blocking)
 
@@ -161,12 +178,13 @@ class Channel:
         self._buffersize = config["buffersize"]
         self._encoding = config["encoding"]
         self._in_mode, self._out_mode = config["translation"]
+        self._limit = config["limit"]
         self._skip_lf = self._skip_lf and self._in_mode == "auto"
         if not self._closed:
             self.sock.setblocking(self._blocking)
             if self._blocking and self._outbuf:
                 self._flush()                    # all of it, now
-                self._interest()                 # no background flush left
+            self._interest()    # no background flush left; a new limit
         return config
 
     def _configuration(self) -> dict[str, Any]:
@@ -176,6 +194,7 @@ class Channel:
             "buffersize": self._buffersize,
             "encoding": self._encoding,
             "translation": (self._in_mode, self._out_mode),
+            "limit": self._limit,
         }
 
     # --------------------------------------------------------------- events
@@ -189,6 +208,8 @@ class Channel:
         the channel is readable: the socket has input, or the buffer holds
         input that the last ``gets``/``read`` left (Tcl's rule);
         ``fileevent("writable", cb)`` when the socket can take output.
+        (While the input buffer holds more than the ``limit`` option, the
+        channel stops asking the loop for readable events.)
         ``None`` removes the handler; no callback returns the current one.
         A handler that raises is reported through ``loop.report`` and
         deleted, as the loop does with its own.  Raises ValueError for a bad
@@ -223,7 +244,7 @@ class Channel:
         while a handler wants it or output waits (the background flush)."""
         if self._fd < 0:
             return
-        want = _R if self._reader is not None else 0
+        want = _R if self._reader is not None and not self._full() else 0
         if self._writer is not None or self._outbuf:
             want |= _W
         changed = want ^ self._watching
@@ -282,17 +303,30 @@ class Channel:
         """The next line without its line end, or None if none is complete.
 
         At end of file a last unterminated line is returned, then None with
-        ``eof()`` true.  A blocking channel waits for a line.  Raises the
-        socket's OSError on a read error (a reset), leaving ``eof()`` true.
+        ``eof()`` true.  A non-blocking channel calls ``recv`` once at most
+        (64 KiB), only when no line is buffered; a blocking one waits for a
+        line.  Raises `LineTooLong` when the line is longer than the
+        ``limit`` option: the bytes stay buffered for ``read()``, and the
+        channel receives nothing more until they shrink under the limit.
+        Raises the socket's OSError on a read error (a reset), leaving
+        ``eof()`` true.
         """
         if self._closed:
             raise ValueError("I/O operation on a closed channel")
         buf = self._inbuf
         start, size = self._line_end(buf) if buf else (-1, 0)
-        while start < 0 and not self._eof:
-            if not self._fill() and not self._blocking:
-                break
-            start, size = self._line_end(buf)
+        if start < 0 and not self._eof:
+            if self._blocking:
+                while start < 0 and not self._eof and not self._full():
+                    self._fill()
+                    start, size = self._line_end(buf)
+            elif not self._full() and self._fill():    # one recv, at most
+                start, size = self._line_end(buf)
+        limit = self._limit
+        if limit is not None and (start > limit or (start < 0 and len(buf) > limit)):
+            # Kept for read(); nothing more is received until it shrinks.
+            self._blocked = False
+            raise LineTooLong(f"line longer than the channel's limit of {limit} bytes")
         if start >= 0:
             line: bytearray | None = buf[:start]
             self._consume(start + size)
@@ -311,18 +345,26 @@ class Channel:
         return line.decode(self._encoding, "replace")
 
     def read(self, n: int | None = None) -> str | bytes:
-        """What is buffered (after one more ``recv``), at most ``n`` characters.
+        """What is buffered, at most ``n`` characters.
 
-        Returns an empty string when nothing is there.  A blocking channel
-        reads until end of file, or until it has ``n`` characters.
+        Returns an empty string when nothing is there.  A non-blocking
+        channel calls ``recv`` once at most (64 KiB), when the buffer does
+        not hold ``n`` characters and is under its limit; so the call that
+        returns the last characters before end of file does not see the end
+        yet, and ``eof()`` becomes true on the next call (as Tcl's io-12.5).
+        A blocking channel reads until end of file, or until it has ``n``
+        characters.
         """
         if self._closed:
             raise ValueError("I/O operation on a closed channel")
         if n is not None and n < 0:
             raise ValueError("read size must be >= 0")
-        while not self._eof and not self._holds(n):
-            if not self._fill() and not self._blocking:
-                break
+        if not self._eof and not self._holds(n):
+            if self._blocking:
+                while not self._eof and not self._holds(n):
+                    self._fill()
+            elif not self._full():
+                self._fill()                    # one recv, at most
         text, used = self._cooked(n)
         self._consume(used)
         # As Tcl's fblocked: short of what was asked for (all of it, when n
@@ -357,6 +399,12 @@ class Channel:
         """Whether the loop should call the readable handler without I/O."""
         return bool(self._inbuf) and not self._blocked
 
+    def _full(self) -> bool:
+        """Whether the input buffer holds more than the limit: no more
+        receiving until it shrinks."""
+        limit = self._limit
+        return limit is not None and len(self._inbuf) > limit
+
     def _fill(self) -> int:
         """One recv() into the input buffer; returns the byte count (0 at EOF
         or when a non-blocking socket has nothing)."""
@@ -377,6 +425,8 @@ class Channel:
             self._inbuf += data[1:] if data[0] == 10 else data
         else:
             self._inbuf += data
+        if self._watching & _R and self._full():
+            self._interest()                    # stop receiving
         return len(data)
 
     def _consume(self, used: int) -> None:
@@ -389,6 +439,8 @@ class Channel:
         self._skip_lf = (self._in_mode == "auto" and used == len(buf)
                          and used > 0 and buf[used - 1] == 13)
         del buf[:used]
+        if not self._watching & _R and self._reader is not None:
+            self._interest()                    # under the limit again?
 
     def _line_end(self, buf: bytearray) -> tuple[int, int]:
         r"""Where the first line end in ``buf`` starts and how many bytes it
@@ -684,6 +736,9 @@ def _checked_option(name: str, value: Any) -> Any:
             # Line ends are looked for in the bytes (see the module notes).
             if "\r\n".encode(value) != b"\r\n":
                 raise ValueError(f"encoding {value!r} is not ASCII-compatible")
+    elif name == "limit":
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"bad limit {value!r}: must be a positive int or None")
     elif name == "translation":
         pair = (value, value) if isinstance(value, str) else value
         if (not isinstance(pair, (tuple, list)) or len(pair) != 2

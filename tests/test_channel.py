@@ -796,6 +796,7 @@ def test_configure_returns_the_whole_configuration(loop, chpair):
         "buffersize": 4096,
         "encoding": "utf-8",
         "translation": ("auto", "lf"),
+        "limit": 1 << 20,
     }
 
     config = ch.configure(buffering="full", buffersize=100, translation=("lf", "crlf"))

@@ -9,6 +9,7 @@ import ast
 import pathlib
 import re
 import socket
+import threading
 
 import pytest
 
@@ -94,3 +95,184 @@ def test_open_async_failure_known_at_once_is_kept_through_the_constructor(loop):
     finally:
         ch.close()
         b.close()
+
+
+# ------------------------------------------------------------------ bounds
+
+@pytest.fixture
+def unixpair(loop):
+    """(channel, peer): a non-blocking Channel and the plain socket at the
+    other end of an AF_UNIX socketpair (blocking, 5 s timeout)."""
+    a, b = socket.socketpair()
+    b.settimeout(5)
+    ch = evloop.Channel(a, loop)
+    yield ch, b
+    ch.close(force=True)
+    b.close()
+
+
+@pytest.fixture
+def tcp(loop):
+    """(channel, peer) on loopback TCP."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname(), timeout=5)
+    conn, _ = listener.accept()
+    listener.close()
+    ch = evloop.Channel(conn, loop)
+    yield ch, peer
+    ch.close(force=True)
+    peer.close()
+
+
+def test_gets_on_a_non_blocking_channel_calls_recv_once_at_most(unixpair):
+    ch, peer = unixpair
+    peer.sendall(b"x" * 100_000)          # fits the socketpair's buffer
+
+    assert ch.gets() is None
+    assert ch.pending("input") == 65536   # one recv of 64 KiB, not two
+    assert ch.blocked()
+    assert ch.gets() is None
+    assert ch.pending("input") == 100_000
+
+
+def test_read_on_a_non_blocking_channel_calls_recv_once_at_most(unixpair):
+    ch, peer = unixpair
+    peer.sendall(b"y" * 100_000)
+
+    assert ch.read() == "y" * 65536
+    assert ch.read() == "y" * (100_000 - 65536)
+
+
+def test_gets_serves_a_buffered_line_without_recv(unixpair):
+    ch, peer = unixpair
+    peer.sendall(b"one\ntwo\n")
+    assert ch.gets() == "one"
+    peer.sendall(b"three\n")
+    assert ch.gets() == "two"
+    assert ch.pending("input") == 0 or ch.pending("input") == 6
+
+
+def test_line_longer_than_the_limit_raises_and_stays_for_read(unixpair):
+    ch, peer = unixpair
+    ch.configure(limit=1000)
+    peer.sendall(b"z" * 5000)
+
+    with pytest.raises(evloop.LineTooLong) as info:
+        ch.gets()
+    assert isinstance(info.value, ValueError)
+    assert ch.pending("input") == 5000
+    with pytest.raises(evloop.LineTooLong):
+        ch.gets()                          # no recv, same answer
+    assert ch.read() == "z" * 5000
+    peer.sendall(b"short\n")
+    assert ch.gets() == "short"
+
+
+def test_a_complete_line_longer_than_the_limit_raises_too(unixpair):
+    ch, peer = unixpair
+    ch.configure(limit=10)
+    peer.sendall(b"0123456789\n" + b"0123456789x\nok\n")
+    assert ch.gets() == "0123456789"       # exactly the limit: fine
+    with pytest.raises(evloop.LineTooLong):
+        ch.gets()
+    assert ch.read() == "0123456789x\nok\n"
+
+
+def test_no_limit_takes_any_line(unixpair):
+    ch, peer = unixpair
+    ch.configure(limit=None, blocking=True)
+    sender = threading.Thread(target=peer.sendall, args=(b"q" * 3_000_000 + b"\n",))
+    sender.start()
+    try:
+        assert ch.gets() == "q" * 3_000_000    # more than the default limit
+    finally:
+        sender.join(5)
+
+
+def test_a_blocking_gets_stops_receiving_at_the_limit(unixpair):
+    ch, peer = unixpair
+    ch.configure(limit=100_000, blocking=True)
+    peer.sendall(b"w" * 150_000)           # no line end, peer stays open
+    with pytest.raises(evloop.LineTooLong):
+        ch.gets()
+    assert 100_000 < ch.pending("input") <= 100_000 + 65536
+    assert ch.read(10) == "w" * 10
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "10", True])
+def test_a_bad_limit_is_refused_and_changes_nothing(unixpair, bad):
+    ch, _ = unixpair
+    with pytest.raises(ValueError):
+        ch.configure(limit=bad)
+    assert ch.configure()["limit"] == 1 << 20
+
+
+def test_a_flooding_peer_costs_bounded_memory_and_never_stops_the_loop(loop, tcp):
+    ch, peer = tcp
+    limit = 256 * 1024
+    ch.configure(limit=limit)
+    stop = threading.Event()
+
+    def flood():
+        chunk = b"f" * 65536
+        try:
+            while not stop.is_set():
+                peer.sendall(chunk)
+        except OSError:
+            pass                           # closed under us: done
+
+    seen = {"too_long": 0, "max_pending": 0, "ticks": 0, "other": 0,
+            "frozen_at": None, "ticks_frozen": 0, "drained": 0}
+    done = evloop.Var()
+
+    def readable():
+        try:
+            ch.gets()
+        except evloop.LineTooLong:
+            seen["too_long"] += 1
+            if seen["too_long"] == 1:
+                seen["frozen_at"] = ch.pending("input")
+        seen["max_pending"] = max(seen["max_pending"], ch.pending("input"))
+
+    def tick():
+        seen["ticks"] += 1
+        if seen["frozen_at"] is not None and not seen["drained"]:
+            # Receiving has stopped: the buffer stays as it was.
+            assert ch.pending("input") == seen["frozen_at"]
+            seen["ticks_frozen"] += 1
+            if seen["ticks_frozen"] == 20:
+                seen["drained"] = len(ch.read())   # lets it receive again
+        if seen["too_long"] >= 2 or seen["ticks"] > 3000:
+            done.set(True)
+        else:
+            loop.after(1, tick)
+
+    a, b = socket.socketpair()
+    def other():
+        a.recv(10)
+        seen["other"] += 1
+        if seen["other"] < 5:
+            b.send(b"!")
+
+    loop.fileevent(a, "readable", other)
+    b.send(b"!")
+    ch.fileevent("readable", readable)
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    loop.after(1, tick)
+    try:
+        loop.vwait(done)
+    finally:
+        stop.set()
+        loop.fileevent(a, "readable", None)
+        a.close()
+        b.close()
+        ch.close(force=True)
+        peer.close()
+        sender.join(5)
+
+    assert seen["too_long"] >= 2               # raised, drained, raised again
+    assert seen["drained"] > limit
+    assert seen["ticks_frozen"] >= 20
+    assert limit < seen["max_pending"] <= limit + 65536
+    assert seen["other"] == 5                  # the other handler kept its turn
