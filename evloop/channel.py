@@ -57,15 +57,21 @@ once and the socket is closed when its output has drained; an error met
 while flushing in the background is kept, returned by ``error()`` and raised
 by the next ``puts``, ``flush`` or ``close``.
 
-Errors of connect.  A connect that fails leaves its error in the socket's
-``SO_ERROR``, which reading clears; ``error()`` is the one place that reads
-it, and a connect that failed at once keeps its error on the channel for
-``error()`` to return.  Nothing else in here looks at ``SO_ERROR``.
+Errors of connect and of reading.  A connect that fails leaves its error
+in the socket's ``SO_ERROR``, which reading clears; ``error()`` reads it,
+and a connect that failed at once keeps its error on the channel for
+``error()`` to return.  A ``recv`` on such a socket also returns that error
+once (and clears it): ``gets``/``read`` then keep it for ``error()`` and
+raise ENOTCONN, as Tcl's "socket is not connected", so whoever asks first
+gets the reason, once.  A connection reset while reading is a soft end of
+file, as Tcl makes it: ``eof()`` becomes true and ``error()`` returns the
+reset once.  Other read errors raise.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import socket
 from collections.abc import Callable
@@ -308,8 +314,11 @@ class Channel:
         line.  Raises `LineTooLong` when the line is longer than the
         ``limit`` option: the bytes stay buffered for ``read()``, and the
         channel receives nothing more until they shrink under the limit.
-        Raises the socket's OSError on a read error (a reset), leaving
-        ``eof()`` true.
+        A connection reset is an end of file, as in Tcl: None, ``eof()``
+        true, and ``error()`` returns the reset once.  On a socket whose
+        connect failed, raises OSError ENOTCONN (Tcl's "socket is not
+        connected") and leaves the connect's error for ``error()``; other
+        read errors raise the socket's OSError, leaving ``eof()`` true.
         """
         if self._closed:
             raise ValueError("I/O operation on a closed channel")
@@ -353,7 +362,7 @@ class Channel:
         returns the last characters before end of file does not see the end
         yet, and ``eof()`` becomes true on the next call (as Tcl's io-12.5).
         A blocking channel reads until end of file, or until it has ``n``
-        characters.
+        characters.  Errors as for `gets` (a reset is an end of file).
         """
         if self._closed:
             raise ValueError("I/O operation on a closed channel")
@@ -412,10 +421,25 @@ class Channel:
             data = self.sock.recv(_RECV_SIZE)
         except _WOULD_BLOCK:
             return 0
-        except OSError:
+        except ConnectionResetError as exc:
+            # A soft end of file, as Tcl's TcpInputProc makes it; the reset
+            # is kept for error() (recv has cleared SO_ERROR).
+            self._eof = True
+            self._error = exc
+            return 0
+        except OSError as exc:
+            if self._never_connected(exc):
+                # As Tcl: "socket is not connected", and the reason stays
+                # for error(), whoever asks first.
+                raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN)) from None
             self._eof = True
             raise
         if not data:
+            if self._never_connected(None):
+                # The failed connect's error was read already (by error(),
+                # or by the recv that raised it): the kernel now reports an
+                # end of file, Tcl still "not connected".
+                raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
             self._eof = True
             return 0
         if self._skip_lf:
@@ -428,6 +452,27 @@ class Channel:
         if self._watching & _R and self._full():
             self._interest()                    # stop receiving
         return len(data)
+
+    def _never_connected(self, exc: OSError | None) -> bool:
+        """Whether recv failed with ``exc`` (or found an end of file, None)
+        because the connect failed; the connect's error is then kept for
+        ``error()`` if nobody has read it yet.
+
+        recv on a socket whose asynchronous connect failed returns the
+        failure (ECONNREFUSED, ETIMEDOUT, ...) once and clears SO_ERROR;
+        after that it finds an end of file.  After a connect that failed at
+        once it returns ENOTCONN.  A socket that was connected has a peer
+        name even after its peer has gone.
+        """
+        if exc is not None and exc.errno == errno.ENOTCONN:
+            return True
+        try:
+            self.sock.getpeername()
+        except OSError:
+            if exc is not None and self._error is None:
+                self._error = exc
+            return True
+        return False
 
     def _consume(self, used: int) -> None:
         r"""Drop the first ``used`` raw bytes of input, handed out by now.

@@ -6,9 +6,11 @@ Each test here pins one item of DESIGN's "Details added in the second cut".
 from __future__ import annotations
 
 import ast
+import errno
 import pathlib
 import re
 import socket
+import struct
 import threading
 
 import pytest
@@ -276,3 +278,139 @@ def test_a_flooding_peer_costs_bounded_memory_and_never_stops_the_loop(loop, tcp
     assert seen["ticks_frozen"] >= 20
     assert limit < seen["max_pending"] <= limit + 65536
     assert seen["other"] == 5                  # the other handler kept its turn
+
+
+# ------------------------------------------------------------ Tcl's EOF rules
+
+def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with an RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.fixture
+def refusing_port():
+    """A port on 127.0.0.1 that surely refuses: bound by us, never listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def _until_writable(loop, ch):
+    fired = evloop.Var()
+    loop.fileevent(ch, "writable", fired.set, True)
+    guard = loop.after(5000, fired.set, False)
+    assert loop.vwait(fired), "writable never fired"
+    loop.after_cancel(guard)
+    loop.fileevent(ch, "writable", None)
+
+
+def test_reset_mid_stream_keeps_the_data_then_ends_softly(loop, tcp):
+    ch, peer = tcp
+    peer.sendall(b"last words\n")
+    got = []
+    done = evloop.Var()
+
+    def readable():
+        line = ch.gets()
+        if line is not None:
+            got.append(line)
+            _reset(peer)
+        elif ch.eof():
+            done.set(ch.error())
+
+    ch.fileevent("readable", readable)
+    loop.after(5000, done.set, "timeout")
+    exc = loop.vwait(done)
+    assert got == ["last words"]
+    assert isinstance(exc, ConnectionResetError)
+    assert ch.error() is None
+
+
+def test_other_read_errors_still_raise(loop):
+    # A connected UDP socket learns of an ICMP port unreachable as
+    # ECONNREFUSED from recv: a read error that is neither a reset nor a
+    # failed connect (the socket has a peer).
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", port))
+    ch = evloop.Channel(udp, loop)
+    try:
+        ch.puts("anyone?")
+        fired = evloop.Var()
+        ch.fileevent("readable", fired.set, True)
+        guard = loop.after(5000, fired.set, False)
+        assert loop.vwait(fired)
+        loop.after_cancel(guard)
+        with pytest.raises(ConnectionRefusedError):
+            ch.gets()
+        assert ch.eof()
+    finally:
+        ch.close()
+
+
+def test_gets_after_a_refused_async_connect_is_not_connected_and_the_refusal_waits(
+        loop, refusing_port):
+    # Tcl socket-14.7.2: gets fails with "socket is not connected" and
+    # fconfigure -error still reports "connection refused", once; eof stays 0.
+    ch = evloop.open_async("127.0.0.1", refusing_port)
+    try:
+        _until_writable(loop, ch)
+        with pytest.raises(OSError) as info:
+            ch.gets()
+        assert info.value.errno == errno.ENOTCONN
+        assert not ch.eof()
+        refusal = ch.error()
+        assert isinstance(refusal, ConnectionRefusedError)
+        assert ch.error() is None
+        with pytest.raises(OSError) as info:
+            ch.read()
+        assert info.value.errno == errno.ENOTCONN
+    finally:
+        ch.close()
+
+
+def test_whoever_reads_the_refusal_first_keeps_it(loop, refusing_port):
+    # Tcl socket-14.8.2: -error first, then gets is "not connected".
+    ch = evloop.open_async("127.0.0.1", refusing_port)
+    try:
+        _until_writable(loop, ch)
+        assert isinstance(ch.error(), ConnectionRefusedError)
+        with pytest.raises(OSError) as info:
+            ch.gets()
+        assert info.value.errno == errno.ENOTCONN
+        assert ch.error() is None
+    finally:
+        ch.close()
+
+
+def test_a_connect_error_known_at_once_waits_for_error_after_gets(loop):
+    a, b = socket.socketpair()
+    b.close()
+    lone = socket.socket()                 # never connected: recv is ENOTCONN
+    a.close()
+    ch = evloop.Channel(lone, loop, error=OSError(errno.ENETUNREACH, "unreachable"))
+    try:
+        with pytest.raises(OSError) as info:
+            ch.gets()
+        assert info.value.errno == errno.ENOTCONN
+        assert ch.error().errno == errno.ENETUNREACH
+    finally:
+        ch.close()
+
+
+def test_read_reports_eof_on_the_call_after_the_last_characters(unixpair):
+    # Tcl io-12.5: the read that returns the last characters does not see
+    # the end yet; eof is reported on the next readable event.
+    ch, peer = unixpair
+    peer.sendall(b"abc")
+    peer.shutdown(socket.SHUT_WR)
+
+    assert ch.read() == "abc"
+    assert not ch.eof()
+    assert ch.read() == ""
+    assert ch.eof()
