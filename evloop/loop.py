@@ -3,11 +3,13 @@
 How a pass of the loop works
 ----------------------------
 ``Loop.run_once`` is the heartbeat of every program built on evloop.  Each
-pass does the same five things, in this order:
+pass does the same things, in this order:
 
 1. Decide how long it may sleep: not at all if callbacks from other threads
    or idle callbacks are waiting; otherwise until the nearest timer
-   deadline (or for ever, or the caller's ``timeout``).
+   deadline (or for ever, or the caller's ``timeout``), but never more than
+   a day at once: epoll takes an int of milliseconds, and a later deadline
+   is simply slept towards again on the next pass.
 2. Tell the selector what the handlers set or removed since the last
    pass now want, one change per descriptor however many ``fileevent``
    calls led to it (as Tcl's notifier and libuv do); then ask it (epoll on
@@ -22,10 +24,24 @@ pass does the same five things, in this order:
    a new socket that gets the same number never receives events meant for
    the old one.
 4. Run the timers that were due when this step began (one made now, even
-   ``after 0``, waits for the next pass), then the callbacks queued from
-   other threads before this step began.
-5. If nothing at all ran in steps 3 and 4, run one generation of idle
+   ``after 0``, waits for the next pass).
+5. Run the callbacks queued from other threads before step 4 began.
+6. If nothing at all ran in steps 3 to 5, run one generation of idle
    callbacks (``after idle``): idle means "no other event was ready".
+
+Events, as ``vwait`` counts them.  ``vwait(var)`` runs passes until ``var``
+is set, and returns as soon as the *event* that set it is done, counting
+as Tcl's ``Tcl_DoOneEvent`` does: the handlers of one ready descriptor
+(readable, then writable) are one event; the timers of step 4 are one
+event; each callback of step 5 is one; an idle generation is one.  So in
+the classic ``vwait(reply); after_cancel(timeout)`` a timeout that fell
+due while the reply was read does not run first.  What that pass had not
+done yet is kept (the loop's ``_stage`` and the iterator over the ready
+events) and the next call of ``run_once`` finishes it without polling:
+nothing is lost and nothing runs twice.  A ``vwait`` nested in a handler
+works through the same pass in progress, as Tcl's nested loops share one
+event queue; the outer call, finding the pass moved on when the handler
+returns, returns too.
 
 The loop knows descriptors, timers and idle callbacks, and nothing of
 channels (Tcl's notifier below its channel layer).  A `Channel` is a client
@@ -39,9 +55,6 @@ An exception in any callback goes to the background-error handler
 also deleted, as in Tcl, so a buggy handler cannot spin the CPU.  Other
 exceptions (KeyboardInterrupt, SystemExit) leave the loop and lose nothing
 that was waiting: what was due and did not run yet runs on the next pass.
-
-``vwait`` is a nested loop: it runs passes until a `Var` is set, and may be
-called from inside a callback (Tcl's ``vwait`` nests the same way).
 """
 
 from __future__ import annotations
@@ -54,7 +67,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .timers import Timers
@@ -64,6 +77,11 @@ __all__ = ["Loop", "Var", "get_loop", "set_loop"]
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _EVENTS = {"readable": _READ, "writable": _WRITE}
+# The stages of a pass (Loop._stage): what the next call of Loop._run does.
+_POLL, _FILES, _TIMERS, _THREADSAFE = 0, 1, 2, 3
+# The longest one select() may sleep: epoll takes an int of milliseconds
+# (2**31 ms is about 25 days); a later deadline is slept towards in steps.
+_MAX_SLEEP = 86400.0
 # fileevent's handler argument when none is given: a query.  (A default
 # rather than ``*handler``, which would cost a tuple slice per call.)
 _QUERY: Any = object()
@@ -149,6 +167,13 @@ class Loop(Timers):
         self._watches: dict[int, _Watch] = {}
         self._changed: set[_Watch] = set()   # watches whose mask is out of date
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+        # The pass in progress (see _run): its stage, the ready events it
+        # has not dispatched yet, the callbacks from other threads it still
+        # owes, and a count that moves on with each stage.
+        self._stage = _POLL
+        self._events: Iterator[tuple[selectors.SelectorKey, int]] = iter(())
+        self._threadsafe_due = 0
+        self._step = 0
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
         self._closed = False
@@ -408,11 +433,11 @@ class Loop(Timers):
 
     def backend_timeout(self) -> float | None:
         """Seconds until the loop has work without I/O (libuv's
-        ``uv_backend_timeout``): 0 when it has work now (callbacks from
-        other threads, buffered channel input, idle callbacks, a due
-        timer), the time to the nearest timer otherwise, None when only I/O
-        can wake it."""
-        if self._threadsafe or self._idle:
+        ``uv_backend_timeout``): 0 when it has work now (the rest of a pass
+        that ``vwait`` left, callbacks from other threads, idle callbacks,
+        a due timer), the time to the nearest timer otherwise, None when
+        only I/O can wake it."""
+        if self._stage or self._threadsafe or self._idle:
             return 0.0
         if not self._heap:
             return None
@@ -430,48 +455,99 @@ class Loop(Timers):
         """Run one pass of the loop; returns the number of callbacks it ran.
 
         Waits at most ``timeout`` seconds for an event (None: until one
-        comes; 0: not at all).
+        comes; 0: not at all).  If a ``vwait`` returned in the middle of a
+        pass, this finishes that pass instead, without waiting.
         """
-        # 1. How long may we sleep?
-        if self._threadsafe or self._idle:
-            timeout = 0
-        elif self._heap:
-            deadline = self._next_deadline()
-            if deadline is not None:
-                wait = self._sleep_time(deadline)
-                if timeout is None or wait < timeout:
-                    timeout = wait
+        return self._run(timeout, None, 0)
 
-        # 2. Poll, once the selector knows of the handler changes since the
-        # last poll.  (The epoll selector rounds the timeout up to a whole
-        # millisecond, so a 0.4 ms wait does not become a busy loop.)
-        if self._changed:
-            self._apply_changes()
+    def _run(self, timeout: float | None, var: Var | None, version: int) -> int:
+        """One pass, or the rest of one; returns the number of callbacks run.
+
+        With ``var``, stops after the first event (see the module notes)
+        after which ``var`` is no longer at ``version``; the rest of the
+        pass is kept in ``_stage``, ``_events`` and ``_threadsafe_due``, and
+        the next call resumes it.  A call nested in a handler resumes the
+        same pass (Tcl's nested loops share one event queue); the outer
+        call, finding on return from a handler that ``_step`` moved on,
+        returns and leaves the rest to the pass in progress.
+        """
         ran = 0
-        for key, mask in self._selector.select(timeout):
-            # 3. File events, through the watch each event came with.
-            watch = key.data
-            if mask & _READ and watch.reader is not None:
+        fresh = self._stage == _POLL
+        if fresh:
+            # 1. How long may we sleep?
+            if self._threadsafe or self._idle:
+                timeout = 0
+            elif self._heap:
+                deadline = self._next_deadline()
+                if deadline is not None:
+                    wait = self._sleep_time(deadline)
+                    if timeout is None or wait < timeout:
+                        timeout = wait
+            if timeout is not None and timeout > _MAX_SLEEP:
+                timeout = _MAX_SLEEP        # epoll takes an int of ms at most
+
+            # 2. Poll, once the selector knows of the handler changes since
+            # the last poll.  (The epoll selector rounds the timeout up to a
+            # whole millisecond, so a 0.4 ms wait does not become a busy loop.)
+            if self._changed:
+                self._apply_changes()
+            self._events = iter(self._selector.select(timeout))
+            self._stage = _FILES
+            self._step += 1
+
+        if self._stage == _FILES:
+            # 3. File events, through the watch each event came with; the
+            # handlers of one descriptor are one event.
+            step = self._step
+            for key, mask in self._events:
+                watch = key.data
+                if mask & _READ and watch.reader is not None:
+                    ran += 1
+                    try:
+                        watch.reader(*watch.reader_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _READ, exc)
+                if mask & _WRITE and watch.writer is not None:
+                    ran += 1
+                    try:
+                        watch.writer(*watch.writer_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _WRITE, exc)
+                if self._step != step or (var is not None and var._version != version):
+                    return ran
+            self._stage = _TIMERS
+            self._step += 1
+
+        if self._stage == _TIMERS:
+            # 4. The timers that are due now: one event.
+            self._stage = _THREADSAFE
+            self._step += 1
+            self._threadsafe_due = len(self._threadsafe)
+            step = self._step
+            if self._heap and self._run_timers():
+                ran += 1
+                if self._step != step or (var is not None and var._version != version):
+                    return ran
+
+        if self._stage == _THREADSAFE:
+            # 5. Callbacks queued by other threads before step 4: one event each.
+            step = self._step
+            queue = self._threadsafe
+            while self._threadsafe_due:
+                self._threadsafe_due -= 1
+                callback, args = queue.popleft()
                 ran += 1
                 try:
-                    watch.reader(*watch.reader_args)
+                    callback(*args)
                 except Exception as exc:
-                    self._handler_failed(watch, _READ, exc)
-            if mask & _WRITE and watch.writer is not None:
-                ran += 1
-                try:
-                    watch.writer(*watch.writer_args)
-                except Exception as exc:
-                    self._handler_failed(watch, _WRITE, exc)
+                    self.report(exc)
+                if self._step != step or (var is not None and var._version != version):
+                    return ran
+            self._stage = _POLL
+            self._step += 1
 
-        # 5. Timers that are due, then callbacks from other threads.
-        if self._heap:
-            ran += self._run_timers()
-        if self._threadsafe:
-            ran += self._run_threadsafe()
-
-        # 6. Idle callbacks, only when nothing else happened.
-        if not ran and self._idle:
+        # 6. Idle callbacks, one generation, only when nothing else happened.
+        if fresh and not ran and self._idle:
             ran = self._run_idle()
         return ran
 
@@ -486,18 +562,6 @@ class Loop(Timers):
                 watch.writer, watch.writer_args = None, ()
             self._change(watch)
         self.report(exc)
-
-    def _run_threadsafe(self) -> int:
-        """Run the callbacks queued by other threads before this call."""
-        queue = self._threadsafe
-        ran = len(queue)
-        for _ in range(ran):
-            callback, args = queue.popleft()
-            try:
-                callback(*args)
-            except Exception as exc:
-                self.report(exc)
-        return ran
 
     # ----------------------------------------------------- running and waiting
 
@@ -515,10 +579,17 @@ class Loop(Timers):
         self._wake()
 
     def vwait(self, var: Var) -> Any:
-        """Run the loop until ``var`` is set; return its new value."""
+        """Run the loop until ``var`` is set; return its new value.
+
+        Returns as soon as the event that set it is done, counting events
+        as Tcl's ``Tcl_DoOneEvent`` does (see the module notes): what else
+        was ready in that pass runs later, so ``vwait(reply)`` followed by
+        ``after_cancel(timeout)`` works even when the timeout fell due
+        while the reply was read."""
         version = var._version
+        run = self._run
         while var._version == version:
-            self.run_once()
+            run(None, var, version)
         return var._value
 
     def update(self, idletasks: bool = False) -> None:
@@ -531,8 +602,10 @@ class Loop(Timers):
             while self._idle:
                 self._run_idle()
             return
-        while self.run_once(0):
-            pass
+        while True:
+            resumed = self._stage != _POLL
+            if not self._run(0, None, 0) and not resumed:
+                return
 
     def closed(self) -> bool:
         """True once `close` was called."""

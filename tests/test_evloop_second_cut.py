@@ -9,8 +9,10 @@ import ast
 import errno
 import pathlib
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 
 import pytest
@@ -414,3 +416,218 @@ def test_read_reports_eof_on_the_call_after_the_last_characters(unixpair):
     assert not ch.eof()
     assert ch.read() == ""
     assert ch.eof()
+
+
+# ------------------------------------------------------------- vwait timing
+
+class _Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake():
+    """(loop, clock): a Loop on a clock that only the test moves."""
+    clock = _Clock()
+    lp = evloop.Loop(clock=clock)
+    previous = evloop.set_loop(lp)
+    yield lp, clock
+    evloop.set_loop(previous)
+    lp.close()
+
+
+def test_vwait_reply_then_cancel_timeout_never_sees_the_timeout(fake):
+    loop, clock = fake
+    a, b = socket.socketpair()
+    ch = evloop.Channel(a, loop)
+    log = []
+    reply = evloop.Var()
+    try:
+        def got_reply():
+            line = ch.gets()
+            if line is not None:
+                log.append(line)
+                reply.set(line)
+
+        ch.fileevent("readable", got_reply)
+        timeout = loop.after(20, lambda: log.append("timeout"))
+        b.sendall(b"pong\n")
+        clock.now += 0.060             # the reply and the timeout: both due
+
+        assert loop.vwait(reply) == "pong"
+        loop.after_cancel(timeout)
+        loop.update()
+        assert log == ["pong"]
+    finally:
+        ch.close()
+        b.close()
+
+
+def test_vwait_returns_after_one_descriptor_and_keeps_the_others_for_later(loop):
+    pairs = [socket.socketpair() for _ in range(3)]
+    calls = {n: 0 for n in range(3)}
+    done = evloop.Var()
+
+    def handler(n, sock):
+        sock.recv(10)
+        calls[n] += 1
+        done.set(n)
+
+    try:
+        for n, (a, b) in enumerate(pairs):
+            loop.fileevent(a, "readable", handler, n, a)
+            b.send(b"x")
+        loop.after(5000, done.set, "timeout")   # a deadline, never reached
+        first = loop.vwait(done)
+        assert first in (0, 1, 2)
+        assert sum(calls.values()) == 1         # no other handler ran first
+        assert loop.backend_timeout() == 0      # the rest of the pass waits
+        loop.run_once(0)                        # finishes that pass
+        assert calls == {0: 1, 1: 1, 2: 1}      # nothing lost, nothing twice
+        loop.update()
+        assert calls == {0: 1, 1: 1, 2: 1}
+    finally:
+        for a, b in pairs:
+            loop.fileevent(a, "readable", None)
+            a.close()
+            b.close()
+
+
+def test_both_handlers_of_one_descriptor_are_one_event(loop):
+    # As tclsh: a channel's readable and writable scripts run in one event.
+    a, b = socket.socketpair()
+    log = []
+    done = evloop.Var()
+    try:
+        def readable():
+            a.recv(10)
+            log.append("r")
+            done.set(1)
+
+        def writable():
+            log.append("w")
+            loop.fileevent(a, "writable", None)
+
+        loop.fileevent(a, "readable", readable)
+        loop.fileevent(a, "writable", writable)
+        b.send(b"x")
+        loop.vwait(done)
+        assert log == ["r", "w"]
+    finally:
+        loop.fileevent(a, "readable", None)
+        a.close()
+        b.close()
+
+
+def test_timers_due_at_one_moment_are_one_event(fake):
+    loop, clock = fake
+    log = []
+    done = evloop.Var()
+    loop.after(1, lambda: (log.append("a"), done.set(1)))
+    loop.after(2, log.append, "b")
+    loop.after(50, log.append, "later")
+    clock.now += 0.010
+    loop.vwait(done)
+    assert log == ["a", "b"]
+
+
+def test_one_generation_of_idle_callbacks_is_one_event(loop):
+    log = []
+    done = evloop.Var()
+    loop.after_idle(lambda: (log.append(1), done.set(1), loop.after_idle(log.append, 3)))
+    loop.after_idle(log.append, 2)
+    loop.vwait(done)
+    assert log == [1, 2]
+    loop.update()
+    assert log == [1, 2, 3]
+
+
+def test_a_nested_vwait_shares_the_pass_and_runs_nothing_twice(loop):
+    pairs = [socket.socketpair() for _ in range(3)]
+    calls = []
+    inner, outer = evloop.Var(), evloop.Var()
+
+    def handler(n, sock):
+        sock.recv(10)
+        calls.append(n)
+        if len(calls) == 1:
+            loop.vwait(inner)               # the other two may run in here
+            outer.set(True)
+        elif len(calls) == 2:
+            inner.set(True)
+
+    try:
+        for n, (a, b) in enumerate(pairs):
+            loop.fileevent(a, "readable", handler, n, a)
+            b.send(b"x")
+        guard = loop.after(5000, outer.set, "timeout")
+        assert loop.vwait(outer) is True
+        loop.after_cancel(guard)
+        loop.update()
+        assert sorted(calls) == [0, 1, 2]
+    finally:
+        for a, b in pairs:
+            loop.fileevent(a, "readable", None)
+            a.close()
+            b.close()
+
+
+_TCL_VWAIT = r"""
+set srv [socket -server accept -myaddr 127.0.0.1 0]
+proc accept {s h p} { set ::peer $s }
+set c [socket 127.0.0.1 [lindex [fconfigure $srv -sockname] 2]]
+vwait peer
+fconfigure $c -blocking 0 -buffering line
+fconfigure $peer -buffering line
+puts $peer hello
+puts $peer world
+fileevent $c readable {lappend ::log r:[gets $c]; set ::reply 1}
+set id [after 20 {lappend ::log timeout}]
+after 0 {lappend ::log zero}
+set t [clock milliseconds]; while {[clock milliseconds] - $t < 60} {}
+vwait reply
+lappend log returned
+after cancel $id
+update
+puts $log
+"""
+
+
+def test_vwait_counts_events_as_tclsh_does(fake, tmp_path):
+    tclsh = shutil.which("tclsh") or shutil.which("tclsh8.6")
+    if tclsh is None:
+        pytest.skip("tclsh not installed")
+    script = tmp_path / "vwait.tcl"
+    script.write_text(_TCL_VWAIT)
+    tcl = subprocess.run([tclsh, str(script)], capture_output=True, text=True,
+                         timeout=10, check=True).stdout.split()
+
+    loop, clock = fake
+    a, b = socket.socketpair()
+    ch = evloop.Channel(a, loop)
+    log = []
+    reply = evloop.Var()
+    try:
+        def readable():
+            log.append(f"r:{ch.gets()}")
+            reply.set(1)
+
+        b.sendall(b"hello\nworld\n")
+        ch.fileevent("readable", readable)
+        timeout = loop.after(20, log.append, "timeout")
+        loop.after(0, log.append, "zero")
+        clock.now += 0.060
+        loop.vwait(reply)
+        log.append("returned")
+        loop.after_cancel(timeout)
+        loop.update()
+    finally:
+        ch.close()
+        b.close()
+    assert tcl == ["r:hello", "returned", "zero", "r:world"]
+    assert log == tcl
