@@ -436,7 +436,11 @@ class Loop(Timers):
         ``uv_backend_timeout``): 0 when it has work now (the rest of a pass
         that ``vwait`` left, callbacks from other threads, idle callbacks,
         a due timer), the time to the nearest timer otherwise, None when
-        only I/O can wake it."""
+        only I/O can wake it.  Call it just before waiting on `backend_fd`:
+        it also hands the selector the handler changes made since the last
+        pass, which `run_once` would otherwise do before its own poll."""
+        if self._changed:
+            self._apply_changes()   # so that backend_fd watches what handlers want
         if self._stage or self._threadsafe or self._idle:
             return 0.0
         if not self._heap:

@@ -51,6 +51,8 @@ __all__ = ["TimerId"]
 TimerId = int
 """What ``after`` and ``after_idle`` return: the N of Tcl's ``after#N``."""
 
+_INF = float("inf")
+
 # A pass sweeps the heap when more than this many cancels, and more than
 # half of it, have piled up since the last sweep.
 _SWEEP_MIN = 256
@@ -75,13 +77,18 @@ class Timers:
 
     def after(self, ms: float, callback: Callable[..., Any], *args: Any) -> TimerId:
         """Run ``callback(*args)`` once, ``ms`` milliseconds from now (at
-        once if ``ms`` <= 0); returns its TimerId.  Raises TypeError if
-        ``callback`` is not callable."""
+        once if ``ms`` <= 0); returns its TimerId.  Any finite delay works,
+        however long.  Raises TypeError if ``callback`` is not callable,
+        ValueError if ``ms`` is infinite or NaN."""
         if not callable(callback):
             raise TypeError(f"after needs a callable, not {callback!r}")
         when = self._clock()
         if ms > 0:
+            if ms == _INF:
+                raise ValueError("after needs a finite delay, not inf")
             when += ms / 1000
+        elif not ms > -_INF:
+            raise ValueError(f"after needs a finite delay, not {ms!r}")
         number = next(_numbers)
         entry = self._pending[number] = [when, number, callback, args]
         heappush(self._heap, entry)

@@ -631,3 +631,117 @@ def test_vwait_counts_events_as_tclsh_does(fake, tmp_path):
         b.close()
     assert tcl == ["r:hello", "returned", "zero", "r:world"]
     assert log == tcl
+
+
+# ------------------------------------------------------------ long delays
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), float("-inf")])
+def test_after_refuses_an_infinite_or_nan_delay(loop, bad):
+    before = loop.after_info()
+    with pytest.raises(ValueError):
+        loop.after(bad, print)
+    assert loop.after_info() == before
+
+
+def test_a_timer_25_days_or_more_away_does_not_break_the_pass(loop):
+    a, b = socket.socketpair()
+    fired = []
+    try:
+        far = loop.after(30 * 86400 * 1000, fired.append, "far")   # > 2**31 ms
+        huge = loop.after(1e300, fired.append, "huge")
+        loop.fileevent(a, "readable", lambda: fired.append(a.recv(10)))
+        b.send(b"x")
+        assert loop.run_once() == 1         # slept towards day 30, woke on I/O
+        b.send(b"y")
+        assert loop.run_once(1e12) == 1     # a caller's huge timeout too
+        assert fired == [b"x", b"y"]
+        assert set(loop.after_info()) >= {far, huge}
+        assert 29 * 86400 < loop.backend_timeout() <= 30 * 86400
+    finally:
+        loop.fileevent(a, "readable", None)
+        a.close()
+        b.close()
+
+
+def test_run_once_zero_never_blocks(loop):
+    loop.after(60_000, print)
+    a, b = socket.socketpair()
+    try:
+        loop.fileevent(a, "readable", lambda: None)
+        t0 = loop.time()
+        for _ in range(50):
+            assert loop.run_once(0) == 0
+        assert loop.time() - t0 < 1.0       # 50 passes, none waited
+    finally:
+        loop.fileevent(a, "readable", None)
+        a.close()
+        b.close()
+
+
+# --------------------------------------------------------------- embedding
+
+def test_backend_timeout_says_when_the_loop_has_work(fake):
+    loop, clock = fake
+    assert loop.backend_timeout() is None           # only I/O could wake it
+    timer = loop.after(250, print)
+    assert loop.backend_timeout() == pytest.approx(0.250)
+    clock.now += 0.1
+    assert loop.backend_timeout() == pytest.approx(0.150)
+    clock.now += 1
+    assert loop.backend_timeout() == 0               # due now
+    loop.after_cancel(timer)
+    assert loop.backend_timeout() is None            # cancelled: no deadline
+    idle = loop.after_idle(print)
+    assert loop.backend_timeout() == 0
+    loop.after_cancel(idle)
+    loop.call_soon_threadsafe(print)
+    assert loop.backend_timeout() == 0
+
+
+def test_an_outer_select_loop_drives_evloop_through_backend_fd(loop):
+    """Embedding: a tiny outer loop waits on backend_fd with a plain
+    select.select and backend_timeout, and calls run_once(0)."""
+    import select
+
+    a, b = socket.socketpair()
+    log = []
+    try:
+        def readable():
+            log.append(("read", a.recv(10)))
+
+        def tick():
+            log.append("timer")
+            b.send(b"ping")                    # I/O that only epoll sees
+
+        loop.fileevent(a, "readable", readable)
+        loop.after(20, tick)
+        deadline = loop.time() + 5
+        while len(log) < 2 and loop.time() < deadline:
+            timeout = loop.backend_timeout()
+            wait = 1.0 if timeout is None else min(timeout, 1.0)
+            select.select([loop.backend_fd()], [], [], wait)
+            loop.run_once(0)
+        assert log == ["timer", ("read", b"ping")]
+    finally:
+        loop.fileevent(a, "readable", None)
+        a.close()
+        b.close()
+
+
+def test_backend_fd_sees_a_handler_changed_since_the_last_pass(loop):
+    import select
+
+    a, b = socket.socketpair()
+    try:
+        loop.fileevent(a, "readable", lambda: a.recv(10))
+        loop.run_once(0)
+        loop.fileevent(a, "writable", lambda: loop.fileevent(a, "writable", None))
+        # The selector learns of the writable handler before the next wait.
+        assert loop.backend_timeout() is None
+        ready, _, _ = select.select([loop.backend_fd()], [], [], 5)
+        assert ready
+    finally:
+        loop.fileevent(a, "readable", None)
+        loop.fileevent(a, "writable", None)
+        a.close()
+        b.close()
