@@ -14,6 +14,12 @@ def shown(addr: Any) -> tuple[str, int] | str:
     or the path of a Unix socket."""
     if isinstance(addr, (str, bytes)):
         return addr.decode() if isinstance(addr, bytes) else addr
+    return host_port(addr)
+
+
+def host_port(addr: tuple) -> tuple[str, int]:
+    """An IPv4 or IPv6 socket address as (host, port), IPv4-mapped IPv6
+    shown as IPv4."""
     if len(addr) == 2:
         return addr                 # IPv4: (host, port) as it is
     host, port = addr[0], addr[1]

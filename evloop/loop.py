@@ -241,17 +241,19 @@ class Loop(Timers):
                 raise ValueError("fileevent on a closed socket")
         elif watch is None:
             return None                        # nothing to remove
-        new = watch is None
-        if new:
+        if watch is None:
             watch = _Watch(fd, ch)
+            if bit == _READ:
+                watch.reader, watch.reader_args = callback, args
+            else:
+                watch.writer, watch.writer_args = callback, args
+            self._register(watch)
+            return None
         if bit == _READ:
             watch.reader, watch.reader_args = callback, args
         else:
             watch.writer, watch.writer_args = callback, args
-        if new:
-            self._register(watch)
-        else:
-            self._change(watch)
+        self._change(watch)
         return None
 
     def _watch_of(self, ch: Any, fd: int) -> _Watch | None:

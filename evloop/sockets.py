@@ -29,7 +29,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from ._addresses import shown
+from ._addresses import host_port
 from .channel import Channel
 from .loop import Loop, get_loop
 
@@ -157,7 +157,7 @@ class Server:
                 return
             ch = Channel(conn, self._loop)
             if self.path is None:
-                host, port = shown(addr)
+                host, port = host_port(addr)
             else:
                 host, port = self.path, 0
             self._call(ch, host, port)
@@ -166,8 +166,11 @@ class Server:
         """Run the user's callback.  One bad connection or datagram must not
         stop the server: an exception is reported, and the server's own
         handler, which would be deleted if it raised, stays."""
+        callback = self._callback
+        if callback is None:
+            return
         try:
-            self._callback(*args)
+            callback(*args)
         except Exception as exc:
             self._loop.report(exc)
 
@@ -197,10 +200,10 @@ class Server:
                 self._loop.report(exc)
                 return
             if self.path is not None or not addr:
-                host, port = (addr or ""), 0
+                self._call(data, addr or "", 0)
             else:
-                host, port = shown(addr)
-            self._call(data, host, port)
+                host, port = host_port(addr)
+                self._call(data, host, port)
 
     def close(self) -> None:
         """Stop listening (a Unix socket's path is removed)."""

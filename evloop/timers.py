@@ -69,6 +69,10 @@ class Timers:
     pass that run timers.  Needs ``self._clock`` and ``self.report`` (an
     exception from a callback goes there)."""
 
+    # Provided by Loop.
+    _clock: Callable[[], float]
+    report: Callable[[BaseException], None]
+
     def __init__(self) -> None:
         self._pending: dict[TimerId, list] = {}    # every pending entry, by number
         self._heap: list[list] = []                # timer entries, dead ones too
