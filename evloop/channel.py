@@ -222,13 +222,11 @@ class Channel:
         event name or a closed channel, TypeError for a handler that is not
         callable.
         """
-        if event == "readable":
-            if callback is _QUERY:
+        if callback is _QUERY:
+            if event == "readable":
                 return self._reader
-        elif event == "writable":
-            if callback is _QUERY:
+            if event == "writable":
                 return self._writer
-        else:
             raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
         if callback is not None:
             if not callable(callback):
@@ -237,31 +235,38 @@ class Channel:
                 raise ValueError("fileevent on a closed channel")
         if event == "readable":
             self._reader, self._reader_args = callback, args
-            if callback is not None and self._has_input():
-                self._note_input()
-        else:
+            if callback is not None and self._inbuf and not self._blocked:
+                self._note_input()              # Tcl's rule: see _has_input
+        elif event == "writable":
             self._writer, self._writer_args = callback, args
+        else:
+            raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
         self._interest()
         return None
 
     def _interest(self) -> None:
         """Ask the loop for the socket events the channel needs now (Tcl's
-        ``UpdateInterest``): readable while a handler wants input, writable
-        while a handler wants it or output waits (the background flush)."""
+        ``UpdateInterest``): readable while a handler wants input and the
+        input buffer is within its limit, writable while a handler wants it
+        or output waits (the background flush)."""
         if self._fd < 0:
             return
-        want = _R if self._reader is not None and not self._full() else 0
+        want = 0
+        if self._reader is not None:
+            limit = self._limit
+            if limit is None or len(self._inbuf) <= limit:
+                want = _R
         if self._writer is not None or self._outbuf:
             want |= _W
         changed = want ^ self._watching
         if not changed:
             return
         self._watching = want
-        loop, fd = self._loop, self._fd
+        loop, sock = self._loop, self.sock
         if changed & _R:
-            loop.fileevent(fd, "readable", self._on_readable if want & _R else None)
+            loop.fileevent(sock, "readable", self._on_readable if want & _R else None)
         if changed & _W:
-            loop.fileevent(fd, "writable", self._on_writable if want & _W else None)
+            loop.fileevent(sock, "writable", self._on_writable if want & _W else None)
 
     def _note_input(self) -> None:
         """The buffer holds input the readable handler should see, though
@@ -272,34 +277,36 @@ class Channel:
 
     def _on_buffered(self) -> None:
         self._timer = None
-        if self._has_input():
-            self._call(_R)
+        if self._inbuf and not self._blocked:
+            self._on_readable()
 
     def _on_readable(self) -> None:
-        self._call(_R)
-
-    def _on_writable(self) -> None:
-        if self._outbuf:
-            self._drain()                       # the background flush first
-        self._call(_W)
-
-    def _call(self, which: int) -> None:
-        """Run the user's readable (_R) or writable (_W) handler, if set."""
-        if which == _R:
-            callback, args = self._reader, self._reader_args
-        else:
-            callback, args = self._writer, self._writer_args
+        """The loop's readable handler: the user's, unless the channel has
+        closed since."""
+        callback = self._reader
         if callback is None or self._closed:
             return
         try:
-            callback(*args)
+            callback(*self._reader_args)
         except Exception as exc:
             # As the loop does with a handler of its own, and Tcl: report
             # it and delete it, so it can't raise again on every pass.
-            if which == _R:
-                self._reader, self._reader_args = None, ()
-            else:
-                self._writer, self._writer_args = None, ()
+            self._reader, self._reader_args = None, ()
+            self._interest()
+            self._loop.report(exc)
+
+    def _on_writable(self) -> None:
+        """The loop's writable handler: the background flush, then the
+        user's handler."""
+        if self._outbuf:
+            self._drain()
+        callback = self._writer
+        if callback is None or self._closed:
+            return
+        try:
+            callback(*self._writer_args)
+        except Exception as exc:
+            self._writer, self._writer_args = None, ()
             self._interest()
             self._loop.report(exc)
 
@@ -324,14 +331,14 @@ class Channel:
             raise ValueError("I/O operation on a closed channel")
         buf = self._inbuf
         start, size = self._line_end(buf) if buf else (-1, 0)
-        if start < 0 and not self._eof:
+        limit = self._limit
+        if start < 0 and not self._eof and (limit is None or len(buf) <= limit):
             if self._blocking:
                 while start < 0 and not self._eof and not self._full():
                     self._fill()
                     start, size = self._line_end(buf)
-            elif not self._full() and self._fill():    # one recv, at most
+            elif self._fill():                  # one recv, at most
                 start, size = self._line_end(buf)
-        limit = self._limit
         if limit is not None and (start > limit or (start < 0 and len(buf) > limit)):
             # Kept for read(); nothing more is received until it shrinks.
             self._blocked = False
@@ -699,14 +706,15 @@ class Channel:
 
     def _finish_close(self) -> None:
         # Unregister first, then close: a reused descriptor number must not
-        # inherit our registration.  (The channel watches its descriptor by
-        # number, and the loop lets go of a number left without handlers at
-        # once.)
+        # inherit our registration (and a registered socket costs the
+        # kernel epoll bookkeeping when it is closed).
         self._reader = self._writer = None
         self._reader_args = self._writer_args = ()
         self._loop.after_cancel(self._timer)
         self._timer = None
-        self._interest()
+        if self._watching:
+            self._watching = 0
+            self._loop.forget(self.sock)
         self._fd = -1
         try:
             self.sock.close()

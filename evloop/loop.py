@@ -36,12 +36,12 @@ as Tcl's ``Tcl_DoOneEvent`` does: the handlers of one ready descriptor
 event; each callback of step 5 is one; an idle generation is one.  So in
 the classic ``vwait(reply); after_cancel(timeout)`` a timeout that fell
 due while the reply was read does not run first.  What that pass had not
-done yet is kept (the loop's ``_stage`` and the iterator over the ready
-events) and the next call of ``run_once`` finishes it without polling:
-nothing is lost and nothing runs twice.  A ``vwait`` nested in a handler
+done yet is kept (the iterator over the ready events, and how many
+callbacks of step 5 are owed) and the next call of ``run_once`` finishes
+it without polling: nothing is lost and nothing runs twice.  A ``vwait`` nested in a handler
 works through the same pass in progress, as Tcl's nested loops share one
-event queue; the outer call, finding the pass moved on when the handler
-returns, returns too.
+event queue; when the handler returns, the outer call goes on with what is
+left of that pass, or returns if the nested one finished it.
 
 The loop knows descriptors, timers and idle callbacks, and nothing of
 channels (Tcl's notifier below its channel layer).  A `Channel` is a client
@@ -77,8 +77,6 @@ __all__ = ["Loop", "Var", "get_loop", "set_loop"]
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _EVENTS = {"readable": _READ, "writable": _WRITE}
-# The stages of a pass (Loop._stage): what the next call of Loop._run does.
-_POLL, _FILES, _TIMERS, _THREADSAFE = 0, 1, 2, 3
 # The longest one select() may sleep: epoll takes an int of milliseconds
 # (2**31 ms is about 25 days); a later deadline is slept towards in steps.
 _MAX_SLEEP = 86400.0
@@ -158,6 +156,7 @@ class Loop(Timers):
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         self._selector = selectors.DefaultSelector()
+        self._select = self._selector.select
         self._clock = clock or time.monotonic
         # A test clock may decide how long the loop really sleeps until a
         # deadline on its own time (trio's Clock.deadline_to_sleep_time), so
@@ -168,12 +167,10 @@ class Loop(Timers):
         self._changed: set[_Watch] = set()   # watches whose mask is out of date
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
         # The pass in progress (see _run): its stage, the ready events it
-        # has not dispatched yet, the callbacks from other threads it still
-        # owes, and a count that moves on with each stage.
-        self._stage = _POLL
-        self._events: Iterator[tuple[selectors.SelectorKey, int]] = iter(())
+        # has not dispatched yet, and the callbacks from other threads it
+        # still owes.
+        self._events: Iterator[tuple[selectors.SelectorKey, int]] | None = None
         self._threadsafe_due = 0
-        self._step = 0
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
         self._closed = False
@@ -213,10 +210,10 @@ class Loop(Timers):
         behind its back: a socket closed by an earlier handler of the same
         pass still gets the event that pass reported for it.
         """
-        bit = _EVENTS.get(event)
-        if bit is None:
-            raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
-        if type(ch) is int:
+        kind = type(ch)
+        if kind is socket.socket:
+            fd = ch.fileno()
+        elif kind is int:
             fd = ch
         else:
             own = getattr(ch, "fileevent", None)
@@ -227,6 +224,9 @@ class Loop(Timers):
                     return own(event)
                 return own(event, callback, *args)
             fd = _fileno(ch)
+        bit = _EVENTS.get(event)
+        if bit is None:
+            raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
         watch = self._watches.get(fd)
         if watch is not None and watch.owner is not ch:
             watch = self._watch_of(ch, fd)       # someone else's: stale?
@@ -332,6 +332,32 @@ class Loop(Timers):
                 self.report(exc)
                 continue
             watch.mask = mask
+
+    def forget(self, ch: Any) -> None:
+        """Remove both handlers of ``ch`` at once (Tcl's
+        ``Tcl_DeleteFileHandler``).
+
+        For a socket or descriptor the selector lets go of it now, rather
+        than before the next poll as ``fileevent(ch, event, None)`` has it:
+        call this just before closing a socket yourself, and the close
+        costs the kernel no epoll bookkeeping.  An object that keeps its
+        own events (a Channel) has both its handlers removed.  Nothing
+        happens if ``ch`` has no handlers.
+        """
+        kind = type(ch)
+        if kind is socket.socket:
+            fd = ch.fileno()
+        elif kind is int:
+            fd = ch
+        else:
+            own = getattr(ch, "fileevent", None)
+            if own is not None:
+                own("readable", None)
+                own("writable", None)
+                return
+            fd = _fileno(ch)
+        if fd >= 0:
+            self._forget(fd)
 
     def _forget(self, fd: int) -> None:
         """Remove every handler of ``fd``; call this *before* closing it."""
@@ -443,7 +469,7 @@ class Loop(Timers):
         pass, which `run_once` would otherwise do before its own poll."""
         if self._changed:
             self._apply_changes()   # so that backend_fd watches what handlers want
-        if self._stage or self._threadsafe or self._idle:
+        if self._events is not None or self._threadsafe or self._idle:
             return 0.0
         if not self._heap:
             return None
@@ -470,15 +496,17 @@ class Loop(Timers):
         """One pass, or the rest of one; returns the number of callbacks run.
 
         With ``var``, stops after the first event (see the module notes)
-        after which ``var`` is no longer at ``version``; the rest of the
-        pass is kept in ``_stage``, ``_events`` and ``_threadsafe_due``, and
-        the next call resumes it.  A call nested in a handler resumes the
-        same pass (Tcl's nested loops share one event queue); the outer
-        call, finding on return from a handler that ``_step`` moved on,
-        returns and leaves the rest to the pass in progress.
+        after which ``var`` is no longer at ``version``.  The rest of the
+        pass is kept: ``_events``, the iterator over the ready events not
+        dispatched yet (None once step 3 is over), and ``_threadsafe_due``,
+        the callbacks of step 5 not run yet; the next call resumes it.  A
+        call nested in a handler works through the same pass (Tcl's nested
+        loops share one event queue), so after callbacks that may have
+        nested, each step checks that the pass is still where it left it.
         """
         ran = 0
-        fresh = self._stage == _POLL
+        events = self._events
+        fresh = events is None and self._threadsafe_due == 0
         if fresh:
             # 1. How long may we sleep?
             if self._threadsafe or self._idle:
@@ -497,15 +525,12 @@ class Loop(Timers):
             # whole millisecond, so a 0.4 ms wait does not become a busy loop.)
             if self._changed:
                 self._apply_changes()
-            self._events = iter(self._selector.select(timeout))
-            self._stage = _FILES
-            self._step += 1
+            events = self._events = iter(self._select(timeout))
 
-        if self._stage == _FILES:
+        if events is not None:
             # 3. File events, through the watch each event came with; the
             # handlers of one descriptor are one event.
-            step = self._step
-            for key, mask in self._events:
+            for key, mask in events:
                 watch = key.data
                 if mask & _READ and watch.reader is not None:
                     ran += 1
@@ -519,25 +544,24 @@ class Loop(Timers):
                         watch.writer(*watch.writer_args)
                     except Exception as exc:
                         self._handler_failed(watch, _WRITE, exc)
-                if self._step != step or (var is not None and var._version != version):
+                if var is not None and var._version != version:
                     return ran
-            self._stage = _TIMERS
-            self._step += 1
+            if self._events is not events:
+                return ran                  # a nested call went on from here
+            self._events = None
 
-        if self._stage == _TIMERS:
-            # 4. The timers that are due now: one event.
-            self._stage = _THREADSAFE
-            self._step += 1
-            self._threadsafe_due = len(self._threadsafe)
-            step = self._step
+            # 4. The timers that are due now: one event.  (Step 5's share is
+            # fixed first: a vwait in a timer goes on to it, and the timers
+            # left stay due for it.)
+            if self._threadsafe:
+                self._threadsafe_due = len(self._threadsafe)
             if self._heap and self._run_timers():
                 ran += 1
-                if self._step != step or (var is not None and var._version != version):
+                if var is not None and var._version != version:
                     return ran
 
-        if self._stage == _THREADSAFE:
+        if self._threadsafe_due:
             # 5. Callbacks queued by other threads before step 4: one event each.
-            step = self._step
             queue = self._threadsafe
             while self._threadsafe_due:
                 self._threadsafe_due -= 1
@@ -547,10 +571,8 @@ class Loop(Timers):
                     callback(*args)
                 except Exception as exc:
                     self.report(exc)
-                if self._step != step or (var is not None and var._version != version):
+                if var is not None and var._version != version:
                     return ran
-            self._stage = _POLL
-            self._step += 1
 
         # 6. Idle callbacks, one generation, only when nothing else happened.
         if fresh and not ran and self._idle:
@@ -574,9 +596,9 @@ class Loop(Timers):
     def run(self) -> None:
         """Run passes until `stop` is called."""
         self._stopping = False
-        run_once = self.run_once
+        run = self._run
         while not self._stopping:
-            run_once()
+            run(None, None, 0)
         self._stopping = False
 
     def stop(self) -> None:
@@ -609,7 +631,7 @@ class Loop(Timers):
                 self._run_idle()
             return
         while True:
-            resumed = self._stage != _POLL
+            resumed = self._events is not None or self._threadsafe_due > 0
             if not self._run(0, None, 0) and not resumed:
                 return
 

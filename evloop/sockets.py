@@ -212,8 +212,7 @@ class Server:
         self._loop.after_cancel(self._paused)
         # Unregister first, then close; a dgram server's socket may carry the
         # caller's handlers too.
-        self._loop.fileevent(self.sock, "readable", None)
-        self._loop.fileevent(self.sock, "writable", None)
+        self._loop.forget(self.sock)
         self.sock.close()
         if self.path:
             try:

@@ -745,3 +745,24 @@ def test_backend_fd_sees_a_handler_changed_since_the_last_pass(loop):
         loop.fileevent(a, "writable", None)
         a.close()
         b.close()
+
+
+def test_forget_removes_both_handlers_at_once(loop):
+    a, b = socket.socketpair()
+    ch = evloop.Channel(socket.socketpair()[0], loop)
+    try:
+        loop.fileevent(a, "readable", print)
+        loop.fileevent(a, "writable", print)
+        loop.forget(a)
+        assert loop.fileevent(a, "readable") is None
+        assert loop.fileevent(a, "writable") is None
+        b.send(b"x")
+        assert loop.run_once(0) == 0            # nothing left to call
+        loop.forget(a)                          # again: nothing happens
+        loop.fileevent(ch, "readable", print)
+        loop.forget(ch)                         # a channel removes its own
+        assert ch.fileevent("readable") is None
+    finally:
+        a.close()
+        b.close()
+        ch.close()
