@@ -471,7 +471,7 @@ class Loop(Timers):
             self._apply_changes()   # so that backend_fd watches what handlers want
         if self._events is not None or self._threadsafe or self._idle:
             return 0.0
-        if not self._heap:
+        if not self._heap and not self._incoming:
             return None
         deadline = self._next_deadline()
         if deadline is None:
@@ -511,7 +511,7 @@ class Loop(Timers):
             # 1. How long may we sleep?
             if self._threadsafe or self._idle:
                 timeout = 0
-            elif self._heap:
+            elif self._heap or self._incoming:
                 deadline = self._next_deadline()
                 if deadline is not None:
                     wait = self._sleep_time(deadline)
@@ -555,7 +555,7 @@ class Loop(Timers):
             # left stay due for it.)
             if self._threadsafe:
                 self._threadsafe_due = len(self._threadsafe)
-            if self._heap and self._run_timers():
+            if (self._heap or self._incoming) and self._run_timers():
                 ran += 1
                 if var is not None and var._version != version:
                     return ran

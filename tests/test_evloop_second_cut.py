@@ -656,7 +656,7 @@ def test_a_timer_25_days_or_more_away_does_not_break_the_pass(loop):
         assert loop.run_once(1e12) == 1     # a caller's huge timeout too
         assert fired == [b"x", b"y"]
         assert set(loop.after_info()) >= {far, huge}
-        assert 29 * 86400 < loop.backend_timeout() <= 30 * 86400
+        assert 29 * 86400 < loop.backend_timeout() <= 30 * 86400 + 0.001
     finally:
         loop.fileevent(a, "readable", None)
         a.close()
@@ -766,3 +766,65 @@ def test_forget_removes_both_handlers_at_once(loop):
         a.close()
         b.close()
         ch.close()
+
+
+# ------------------------------------------------- timers bucketed per ms
+
+def test_a_burst_of_timers_fires_in_deadline_order_then_fifo(fake):
+    loop, clock = fake
+    fired = []
+    for n in range(300):                       # a burst: filed lazily
+        loop.after(n % 7 + 1, fired.append, ("t", n % 7 + 1, n))
+    clock.now += 0.003                         # ticks 1..3 are due now
+    loop.after(0, fired.append, ("zero", 0, 300))
+    clock.now += 0.010
+    loop.update()
+    keys = [(ms, n) for _, ms, n in fired if _ == "t"]
+    assert keys == sorted(keys)                # deadline, then made-first
+    zero = fired.index(("zero", 0, 300))
+    # The after(0) was made at 3 ms: after every timer due by then.
+    assert all(ms <= 3 for _, ms, _ in fired[:zero])
+    assert all(ms > 3 for _, ms, _ in fired[zero + 1:])
+    assert len(fired) == 301
+
+
+def test_a_timer_never_fires_early_and_at_most_a_millisecond_late(fake):
+    loop, clock = fake
+    clock.now += 0.0004                        # off the millisecond
+    fired = []
+    loop.after(10, fired.append, 1)
+    clock.now += 0.0099
+    loop.update()
+    assert fired == []                         # 9.9 ms: not yet
+    clock.now += 0.0007                        # 10.6 ms: its millisecond is over
+    loop.update()
+    assert fired == [1]
+
+
+def test_a_fake_clock_on_whole_milliseconds_is_exact(fake):
+    loop, clock = fake
+    fired = []
+    for ms in (20, 60, 70, 110):
+        loop.after(ms, fired.append, ms)
+    for step, expect in ((0.020, [20]), (0.040, [20, 60]), (0.010, [20, 60, 70]),
+                         (0.040, [20, 60, 70, 110])):
+        clock.now += step
+        loop.update()
+        assert fired == expect
+
+
+def test_cancelling_the_soonest_of_a_burst_only_costs_an_empty_pass(fake):
+    loop, clock = fake
+    fired = []
+    first = loop.after(5, fired.append, "first")
+    rest = [loop.after(50 + n, fired.append, n) for n in range(100)]
+    loop.after_cancel(first)
+    assert loop.backend_timeout() == pytest.approx(0.005)   # the old bound
+    clock.now += 0.005
+    loop.update()
+    assert fired == []
+    assert loop.backend_timeout() == pytest.approx(0.045)   # now exact
+    for timer in rest:
+        loop.after_cancel(timer)
+    loop.update()
+    assert loop.backend_timeout() is None
