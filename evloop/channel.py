@@ -456,7 +456,8 @@ class Channel:
             self._inbuf += data[1:] if data[0] == 10 else data
         else:
             self._inbuf += data
-        if self._watching & _R and self._full():
+        limit = self._limit
+        if limit is not None and len(self._inbuf) > limit and self._watching & _R:
             self._interest()                    # stop receiving
         return len(data)
 
@@ -710,8 +711,9 @@ class Channel:
         # kernel epoll bookkeeping when it is closed).
         self._reader = self._writer = None
         self._reader_args = self._writer_args = ()
-        self._loop.after_cancel(self._timer)
-        self._timer = None
+        if self._timer is not None:
+            self._loop.after_cancel(self._timer)
+            self._timer = None
         if self._watching:
             self._watching = 0
             self._loop.forget(self.sock)

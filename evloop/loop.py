@@ -215,14 +215,13 @@ class Loop(Timers):
             fd = ch.fileno()
         elif kind is int:
             fd = ch
+        elif hasattr(kind, "fileevent"):
+            # The object keeps its own events (a Channel): the loop never
+            # looks inside it.
+            if callback is _QUERY:
+                return ch.fileevent(event)
+            return ch.fileevent(event, callback, *args)
         else:
-            own = getattr(ch, "fileevent", None)
-            if own is not None:
-                # The object keeps its own events (a Channel): the loop
-                # never looks inside it.
-                if callback is _QUERY:
-                    return own(event)
-                return own(event, callback, *args)
             fd = _fileno(ch)
         bit = _EVENTS.get(event)
         if bit is None:
@@ -253,7 +252,10 @@ class Loop(Timers):
             watch.reader, watch.reader_args = callback, args
         else:
             watch.writer, watch.writer_args = callback, args
-        self._change(watch)
+        if type(watch.owner) is int and watch.reader is None and watch.writer is None:
+            self._forget(fd)                    # see _change
+        else:
+            self._changed.add(watch)
         return None
 
     def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
@@ -349,12 +351,11 @@ class Loop(Timers):
             fd = ch.fileno()
         elif kind is int:
             fd = ch
+        elif hasattr(kind, "fileevent"):
+            ch.fileevent("readable", None)
+            ch.fileevent("writable", None)
+            return
         else:
-            own = getattr(ch, "fileevent", None)
-            if own is not None:
-                own("readable", None)
-                own("writable", None)
-                return
             fd = _fileno(ch)
         if fd >= 0:
             self._forget(fd)
