@@ -205,7 +205,7 @@ class Loop(Timers):
         its handlers are dropped and the OSError goes to bgerror.)
 
         Remove the handlers of a socket or descriptor before closing it
-        yourself (``Channel.close`` does so).  The loop never lets a reused
+        yourself, best with `forget` (``Channel.close`` does so).  The loop never lets a reused
         descriptor number inherit the old handlers, but it can't see a close
         behind its back: a socket closed by an earlier handler of the same
         pass still gets the event that pass reported for it.
