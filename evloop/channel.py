@@ -31,9 +31,11 @@ Events.  The channel sits above the loop and uses only its public calls,
 as Tcl's channel layer sits above its notifier: ``loop.fileevent(ch, ...)``
 hands the call to `Channel.fileevent`, which keeps the user's handlers
 itself and asks the loop for the socket events it needs now (`_interest`,
-Tcl's ``UpdateInterest``): readable while there is a readable handler,
-writable while there is a writable handler or output waits.  The loop calls
-the channel's own handlers, which call the user's.  While the buffer still
+Tcl's ``UpdateInterest``): readable while there is a readable handler and
+the input buffer is within its limit, writable while there is a writable
+handler or output waits.  The loop calls the channel's own handlers, which
+call the user's (and report and delete one that raises, as the loop does).
+Closing lets go of the socket with ``loop.forget`` before closing it.  While the buffer still
 holds data that the last ``gets`` or ``read`` left behind, the channel
 counts as readable (Tcl's rule) though the socket may have nothing new: it
 arms a 0 ms timer with ``loop.after`` that calls the readable handler, as
@@ -52,8 +54,9 @@ A blocking channel sends it all before returning.  A non-blocking channel
 sends what the socket takes and keeps the rest; it then asks the loop to
 watch the socket for writability, and its writable handler sends more
 each time, before the user's writable handler runs (Tcl's background
-flush), until the buffer is empty.  ``close`` on a non-blocking channel returns at
-once and the socket is closed when its output has drained; an error met
+flush), until the buffer is empty.  ``close`` on a non-blocking channel
+returns at once and the socket is closed when its output has drained; an
+error met
 while flushing in the background is kept, returned by ``error()`` and raised
 by the next ``puts``, ``flush`` or ``close``.
 
