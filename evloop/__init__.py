@@ -27,16 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# isort: off
-from .loop import Loop, Var, get_loop, set_loop  # first: it imports channel
-from .channel import Channel
-# isort: on
+from .channel import Channel, LineTooLong
 from .embed import attach_asyncio, attach_tk
+from .loop import Loop, Var, get_loop, set_loop
 from .sockets import Server, open, open_async, server
 from .timers import TimerId
 
 __all__ = [
-    "Loop", "Var", "TimerId", "Channel", "Server",
+    "Loop", "Var", "TimerId", "Channel", "LineTooLong", "Server",
     "get_loop", "set_loop", "open_async", "open", "server",
     "fileevent", "after", "after_idle", "after_cancel", "after_info",
     "vwait", "update", "bgerror", "call_soon_threadsafe", "run", "stop",

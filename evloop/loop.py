@@ -3,11 +3,13 @@
 How a pass of the loop works
 ----------------------------
 ``Loop.run_once`` is the heartbeat of every program built on evloop.  Each
-pass does the same six things, in this order:
+pass does the same things, in this order:
 
-1. Decide how long it may sleep: not at all if callbacks from other threads,
-   buffered channel input or idle callbacks are waiting; otherwise until the
-   nearest timer deadline (or for ever, or the caller's ``timeout``).
+1. Decide how long it may sleep: not at all if callbacks from other threads
+   or idle callbacks are waiting; otherwise until the nearest timer
+   deadline (or for ever, or the caller's ``timeout``), but never more than
+   a day at once: epoll takes an int of milliseconds, and a later deadline
+   is simply slept towards again on the next pass.
 2. Tell the selector what the handlers set or removed since the last
    pass now want, one change per descriptor however many ``fileevent``
    calls led to it (as Tcl's notifier and libuv do); then ask it (epoll on
@@ -21,22 +23,38 @@ pass does the same six things, in this order:
    pass does not run, and once a descriptor is closed its watch is dead, so
    a new socket that gets the same number never receives events meant for
    the old one.
-4. Call the readable handlers of channels that still hold unread input
-   (Tcl counts such a channel readable even if the socket is not).
-5. Run the timers that were due when this step began (one made now, even
-   ``after 0``, waits for the next pass), then the callbacks queued from
-   other threads before this step began.
+4. Run the timers that were due when this step began (one made now, even
+   ``after 0``, waits for the next pass).
+5. Run the callbacks queued from other threads before step 4 began.
 6. If nothing at all ran in steps 3 to 5, run one generation of idle
    callbacks (``after idle``): idle means "no other event was ready".
+
+Events, as ``vwait`` counts them.  ``vwait(var)`` runs passes until ``var``
+is set, and returns as soon as the *event* that set it is done, counting
+as Tcl's ``Tcl_DoOneEvent`` does: the handlers of one ready descriptor
+(readable, then writable) are one event; the timers of step 4 are one
+event; each callback of step 5 is one; an idle generation is one.  So in
+the classic ``vwait(reply); after_cancel(timeout)`` a timeout that fell
+due while the reply was read does not run first.  What that pass had not
+done yet is kept (the iterator over the ready events, and how many
+callbacks of step 5 are owed) and the next call of ``run_once`` finishes
+it without polling: nothing is lost and nothing runs twice.  A ``vwait`` nested in a handler
+works through the same pass in progress, as Tcl's nested loops share one
+event queue; when the handler returns, the outer call goes on with what is
+left of that pass, or returns if the nested one finished it.
+
+The loop knows descriptors, timers and idle callbacks, and nothing of
+channels (Tcl's notifier below its channel layer).  A `Channel` is a client
+of the public calls like any other code: ``fileevent`` hands the call to an
+object that keeps its own file events, the channel asks for the socket
+events it needs, and buffered input that its handler has not seen yet is a
+0 ms ``after`` of the channel's own.
 
 An exception in any callback goes to the background-error handler
 (``bgerror``) and the loop carries on.  A file-event handler that raises is
 also deleted, as in Tcl, so a buggy handler cannot spin the CPU.  Other
 exceptions (KeyboardInterrupt, SystemExit) leave the loop and lose nothing
 that was waiting: what was due and did not run yet runs on the next pass.
-
-``vwait`` is a nested loop: it runs passes until a `Var` is set, and may be
-called from inside a callback (Tcl's ``vwait`` nests the same way).
 """
 
 from __future__ import annotations
@@ -49,7 +67,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .timers import Timers
@@ -59,6 +77,9 @@ __all__ = ["Loop", "Var", "get_loop", "set_loop"]
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _EVENTS = {"readable": _READ, "writable": _WRITE}
+# The longest one select() may sleep: epoll takes an int of milliseconds
+# (2**31 ms is about 25 days); a later deadline is slept towards in steps.
+_MAX_SLEEP = 86400.0
 # fileevent's handler argument when none is given: a query.  (A default
 # rather than ``*handler``, which would cost a tuple slice per call.)
 _QUERY: Any = object()
@@ -98,13 +119,12 @@ class _Watch:
     next ``select()`` (see `Loop._apply_changes`).
     """
 
-    __slots__ = ("fd", "owner", "channel", "reader", "reader_args",
+    __slots__ = ("fd", "owner", "reader", "reader_args",
                  "writer", "writer_args", "mask")
 
-    def __init__(self, fd: int, owner: Any, channel: Channel | None) -> None:
+    def __init__(self, fd: int, owner: Any) -> None:
         self.fd = fd
-        self.owner = owner          # the object the user registered
-        self.channel = channel      # set when owner is a Channel
+        self.owner = owner          # the object the handlers were set on
         self.reader: Callable[..., Any] | None = None
         self.reader_args: tuple = ()
         self.writer: Callable[..., Any] | None = None
@@ -112,9 +132,9 @@ class _Watch:
         self.mask = 0               # what the selector was last told to watch
 
     def wanted(self) -> int:
-        """The events the handlers (and a background flush) need now."""
+        """The events the handlers need now."""
         mask = _READ if self.reader is not None else 0
-        if self.writer is not None or (self.channel is not None and self.channel._outbuf):
+        if self.writer is not None:
             mask |= _WRITE
         return mask
 
@@ -136,6 +156,7 @@ class Loop(Timers):
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
         self._selector = selectors.DefaultSelector()
+        self._select = self._selector.select
         self._clock = clock or time.monotonic
         # A test clock may decide how long the loop really sleeps until a
         # deadline on its own time (trio's Clock.deadline_to_sleep_time), so
@@ -144,8 +165,12 @@ class Loop(Timers):
             clock, "deadline_to_sleep_time", self._real_sleep_time)
         self._watches: dict[int, _Watch] = {}
         self._changed: set[_Watch] = set()   # watches whose mask is out of date
-        self._input_ready: dict[Channel, bool] = {}   # channels with unread input
         self._threadsafe: deque[tuple[Callable[..., Any], tuple]] = deque()
+        # The pass in progress (see _run): its stage, the ready events it
+        # has not dispatched yet, and the callbacks from other threads it
+        # still owes.
+        self._events: Iterator[tuple[selectors.SelectorKey, int]] | None = None
+        self._threadsafe_due = 0
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
         self._closed = False
@@ -166,29 +191,41 @@ class Loop(Timers):
         whenever ``ch`` is readable, replacing any earlier handler;
         ``fileevent(ch, "readable", None)`` removes it;
         ``fileevent(ch, "readable")`` returns the current callable or None.
-        ``ch`` is a `Channel`, a socket or an integer descriptor; ``event``
-        is ``"readable"`` or ``"writable"``.  Raises ValueError for any other
-        event name and for a closed channel or socket, TypeError for a
-        handler that is not callable, and OSError if the selector refuses
-        the descriptor (a regular file, say); nothing is changed then.  (A
-        descriptor the loop already watches is told of changes before the
-        next poll; if the selector has lost it by then, closed behind the
-        loop's back, its handlers are dropped and the OSError goes to
-        bgerror.)
+        ``ch`` is a socket, an integer descriptor, or an object that keeps
+        its own file events: one with a ``fileevent(event, callback,
+        *args)`` method, as `Channel` has, gets the call handed to it (a
+        channel decides itself which socket events it needs; its events
+        run on the loop it was made with).  ``event`` is ``"readable"`` or
+        ``"writable"``.  Raises ValueError for any other event name and for
+        a closed channel or socket, TypeError for a handler that is not
+        callable, and OSError if the selector refuses the descriptor (a
+        regular file, say); nothing is changed then.  (A descriptor the
+        loop already watches is told of changes before the next poll; if
+        the selector has lost it by then, closed behind the loop's back,
+        its handlers are dropped and the OSError goes to bgerror.)
 
         Remove the handlers of a socket or descriptor before closing it
-        yourself (``Channel.close`` does so).  The loop never lets a reused
+        yourself, best with `forget` (``Channel.close`` does so).  The loop never lets a reused
         descriptor number inherit the old handlers, but it can't see a close
         behind its back: a socket closed by an earlier handler of the same
         pass still gets the event that pass reported for it.
         """
+        kind = type(ch)
+        if kind is socket.socket:
+            fd = ch.fileno()
+        elif kind is int:
+            fd = ch
+        elif hasattr(kind, "fileevent"):
+            # The object keeps its own events (a Channel): the loop never
+            # looks inside it.
+            if callback is _QUERY:
+                return ch.fileevent(event)
+            return ch.fileevent(event, callback, *args)
+        else:
+            fd = _fileno(ch)
         bit = _EVENTS.get(event)
         if bit is None:
             raise ValueError(f"bad event name {event!r}: must be 'readable' or 'writable'")
-        if isinstance(ch, Channel):
-            channel, fd = ch, ch._fd
-        else:
-            channel, fd = None, _fileno(ch)
         watch = self._watches.get(fd)
         if watch is not None and watch.owner is not ch:
             watch = self._watch_of(ch, fd)       # someone else's: stale?
@@ -199,23 +236,26 @@ class Loop(Timers):
         if callback is not None:
             if not callable(callback):
                 raise TypeError(f"fileevent handler must be callable or None, not {callback!r}")
-            if fd < 0 or (channel is not None and channel._closed):
-                raise ValueError("fileevent on a closed channel")
+            if fd < 0:
+                raise ValueError("fileevent on a closed socket")
         elif watch is None:
             return None                        # nothing to remove
-        new = watch is None
-        if new:
-            watch = _Watch(fd, ch, channel)
+        if watch is None:
+            watch = _Watch(fd, ch)
+            if bit == _READ:
+                watch.reader, watch.reader_args = callback, args
+            else:
+                watch.writer, watch.writer_args = callback, args
+            self._register(watch)
+            return None
         if bit == _READ:
             watch.reader, watch.reader_args = callback, args
         else:
             watch.writer, watch.writer_args = callback, args
-        if new:
-            self._register(watch)
+        if type(watch.owner) is int and watch.reader is None and watch.writer is None:
+            self._forget(fd)                    # see _change
         else:
-            self._change(watch)
-        if bit == _READ and callback is not None and channel is not None and channel._has_input():
-            self._input_ready[channel] = True
+            self._changed.add(watch)
         return None
 
     def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
@@ -295,6 +335,31 @@ class Loop(Timers):
                 continue
             watch.mask = mask
 
+    def forget(self, ch: Any) -> None:
+        """Remove both handlers of ``ch`` at once (Tcl's
+        ``Tcl_DeleteFileHandler``).
+
+        For a socket or descriptor the selector lets go of it now, rather
+        than before the next poll as ``fileevent(ch, event, None)`` has it:
+        call this just before closing a socket yourself, and the close
+        costs the kernel no epoll bookkeeping.  An object that keeps its
+        own events (a Channel) has both its handlers removed.  Nothing
+        happens if ``ch`` has no handlers.
+        """
+        kind = type(ch)
+        if kind is socket.socket:
+            fd = ch.fileno()
+        elif kind is int:
+            fd = ch
+        elif hasattr(kind, "fileevent"):
+            ch.fileevent("readable", None)
+            ch.fileevent("writable", None)
+            return
+        else:
+            fd = _fileno(ch)
+        if fd >= 0:
+            self._forget(fd)
+
     def _forget(self, fd: int) -> None:
         """Remove every handler of ``fd``; call this *before* closing it."""
         watch = self._watches.pop(fd, None)
@@ -306,34 +371,9 @@ class Loop(Timers):
             self._selector.unregister(fd)
         except (KeyError, ValueError):
             pass
-        if watch.channel is not None:
-            self._input_ready.pop(watch.channel, None)
         # Dead: an event of this pass that still carries it calls nothing.
         watch.fd = -1
-        watch.channel = watch.reader = watch.writer = None
-
-    def _remove_handlers(self, channel: Channel) -> None:
-        """Remove both handlers of a channel that closes once its output
-        has drained; the output is still watched."""
-        watch = self._watch_of(channel, channel._fd)
-        if watch is not None:
-            watch.reader = watch.writer = None
-            watch.reader_args = watch.writer_args = ()
-        self._input_ready.pop(channel, None)
-        self._watch_output(channel)
-
-    def _watch_output(self, channel: Channel) -> None:
-        """Watch ``channel`` for writability while its output buffer is not
-        empty (the background flush); stop when it is."""
-        watch = self._watch_of(channel, channel._fd)
-        if watch is not None:
-            self._change(watch)
-        elif channel._outbuf:
-            self._register(_Watch(channel._fd, channel, channel))
-
-    def _note_input(self, channel: Channel) -> None:
-        """A channel's buffer holds input: its readable handler is due."""
-        self._input_ready[channel] = True
+        watch.reader = watch.writer = None
 
     # ---------------------------------------------------------- other threads
 
@@ -422,13 +462,17 @@ class Loop(Timers):
 
     def backend_timeout(self) -> float | None:
         """Seconds until the loop has work without I/O (libuv's
-        ``uv_backend_timeout``): 0 when it has work now (callbacks from
-        other threads, buffered channel input, idle callbacks, a due
-        timer), the time to the nearest timer otherwise, None when only I/O
-        can wake it."""
-        if self._threadsafe or self._input_ready or self._idle:
+        ``uv_backend_timeout``): 0 when it has work now (the rest of a pass
+        that ``vwait`` left, callbacks from other threads, idle callbacks,
+        a due timer), the time to the nearest timer otherwise, None when
+        only I/O can wake it.  Call it just before waiting on `backend_fd`:
+        it also hands the selector the handler changes made since the last
+        pass, which `run_once` would otherwise do before its own poll."""
+        if self._changed:
+            self._apply_changes()   # so that backend_fd watches what handlers want
+        if self._events is not None or self._threadsafe or self._idle:
             return 0.0
-        if not self._heap:
+        if not self._heap and not self._incoming:
             return None
         deadline = self._next_deadline()
         if deadline is None:
@@ -444,55 +488,95 @@ class Loop(Timers):
         """Run one pass of the loop; returns the number of callbacks it ran.
 
         Waits at most ``timeout`` seconds for an event (None: until one
-        comes; 0: not at all).
+        comes; 0: not at all).  If a ``vwait`` returned in the middle of a
+        pass, this finishes that pass instead, without waiting.
         """
-        # 1. How long may we sleep?
-        if self._threadsafe or self._input_ready or self._idle:
-            timeout = 0
-        elif self._heap:
-            deadline = self._next_deadline()
-            if deadline is not None:
-                wait = self._sleep_time(deadline)
-                if timeout is None or wait < timeout:
-                    timeout = wait
+        return self._run(timeout, None, 0)
 
-        # 2. Poll, once the selector knows of the handler changes since the
-        # last poll.  (The epoll selector rounds the timeout up to a whole
-        # millisecond, so a 0.4 ms wait does not become a busy loop.)
-        if self._changed:
-            self._apply_changes()
+    def _run(self, timeout: float | None, var: Var | None, version: int) -> int:
+        """One pass, or the rest of one; returns the number of callbacks run.
+
+        With ``var``, stops after the first event (see the module notes)
+        after which ``var`` is no longer at ``version``.  The rest of the
+        pass is kept: ``_events``, the iterator over the ready events not
+        dispatched yet (None once step 3 is over), and ``_threadsafe_due``,
+        the callbacks of step 5 not run yet; the next call resumes it.  A
+        call nested in a handler works through the same pass (Tcl's nested
+        loops share one event queue), so after callbacks that may have
+        nested, each step checks that the pass is still where it left it.
+        """
         ran = 0
-        for key, mask in self._selector.select(timeout):
-            # 3. File events, through the watch each event came with.
-            watch = key.data
-            if mask & _READ and watch.reader is not None:
-                ran += 1
-                try:
-                    watch.reader(*watch.reader_args)
-                except Exception as exc:
-                    self._handler_failed(watch, _READ, exc)
-            if mask & _WRITE:
-                if watch.channel is not None and watch.channel._outbuf:
-                    watch.channel._drain()           # background flush first
-                if watch.writer is not None:
+        events = self._events
+        fresh = events is None and self._threadsafe_due == 0
+        if fresh:
+            # 1. How long may we sleep?
+            if self._threadsafe or self._idle:
+                timeout = 0
+            elif self._heap or self._incoming:
+                deadline = self._next_deadline()
+                if deadline is not None:
+                    wait = self._sleep_time(deadline)
+                    if timeout is None or wait < timeout:
+                        timeout = wait
+            if timeout is not None and timeout > _MAX_SLEEP:
+                timeout = _MAX_SLEEP        # epoll takes an int of ms at most
+
+            # 2. Poll, once the selector knows of the handler changes since
+            # the last poll.  (The epoll selector rounds the timeout up to a
+            # whole millisecond, so a 0.4 ms wait does not become a busy loop.)
+            if self._changed:
+                self._apply_changes()
+            events = self._events = iter(self._select(timeout))
+
+        if events is not None:
+            # 3. File events, through the watch each event came with; the
+            # handlers of one descriptor are one event.
+            for key, mask in events:
+                watch = key.data
+                if mask & _READ and watch.reader is not None:
+                    ran += 1
+                    try:
+                        watch.reader(*watch.reader_args)
+                    except Exception as exc:
+                        self._handler_failed(watch, _READ, exc)
+                if mask & _WRITE and watch.writer is not None:
                     ran += 1
                     try:
                         watch.writer(*watch.writer_args)
                     except Exception as exc:
                         self._handler_failed(watch, _WRITE, exc)
+                if var is not None and var._version != version:
+                    return ran
+            if self._events is not events:
+                return ran                  # a nested call went on from here
+            self._events = None
 
-        # 4. Channels still holding input count as readable.
-        if self._input_ready:
-            ran += self._run_buffered_input()
+            # 4. The timers that are due now: one event.  (Step 5's share is
+            # fixed first: a vwait in a timer goes on to it, and the timers
+            # left stay due for it.)
+            if self._threadsafe:
+                self._threadsafe_due = len(self._threadsafe)
+            if (self._heap or self._incoming) and self._run_timers():
+                ran += 1
+                if var is not None and var._version != version:
+                    return ran
 
-        # 5. Timers that are due, then callbacks from other threads.
-        if self._heap:
-            ran += self._run_timers()
-        if self._threadsafe:
-            ran += self._run_threadsafe()
+        if self._threadsafe_due:
+            # 5. Callbacks queued by other threads before step 4: one event each.
+            queue = self._threadsafe
+            while self._threadsafe_due:
+                self._threadsafe_due -= 1
+                callback, args = queue.popleft()
+                ran += 1
+                try:
+                    callback(*args)
+                except Exception as exc:
+                    self.report(exc)
+                if var is not None and var._version != version:
+                    return ran
 
-        # 6. Idle callbacks, only when nothing else happened.
-        if not ran and self._idle:
+        # 6. Idle callbacks, one generation, only when nothing else happened.
+        if fresh and not ran and self._idle:
             ran = self._run_idle()
         return ran
 
@@ -508,49 +592,14 @@ class Loop(Timers):
             self._change(watch)
         self.report(exc)
 
-    def _run_buffered_input(self) -> int:
-        """Call the readable handlers of the channels whose buffers still
-        hold input (queued by `_note_input`); returns how many ran.
-
-        Each is taken off the queue just before its handler runs: one that
-        reads and leaves more input is queued again for the next pass, and
-        an exception leaving the loop loses none of the others.
-        """
-        ready = self._input_ready
-        ran = 0
-        for channel in list(ready):
-            if not ready.pop(channel, False):
-                continue                         # closed earlier in this pass
-            watch = self._watches.get(channel._fd)
-            if (watch is not None and watch.channel is channel
-                    and watch.reader is not None and channel._has_input()):
-                ran += 1
-                try:
-                    watch.reader(*watch.reader_args)
-                except Exception as exc:
-                    self._handler_failed(watch, _READ, exc)
-        return ran
-
-    def _run_threadsafe(self) -> int:
-        """Run the callbacks queued by other threads before this call."""
-        queue = self._threadsafe
-        ran = len(queue)
-        for _ in range(ran):
-            callback, args = queue.popleft()
-            try:
-                callback(*args)
-            except Exception as exc:
-                self.report(exc)
-        return ran
-
     # ----------------------------------------------------- running and waiting
 
     def run(self) -> None:
         """Run passes until `stop` is called."""
         self._stopping = False
-        run_once = self.run_once
+        run = self._run
         while not self._stopping:
-            run_once()
+            run(None, None, 0)
         self._stopping = False
 
     def stop(self) -> None:
@@ -559,10 +608,17 @@ class Loop(Timers):
         self._wake()
 
     def vwait(self, var: Var) -> Any:
-        """Run the loop until ``var`` is set; return its new value."""
+        """Run the loop until ``var`` is set; return its new value.
+
+        Returns as soon as the event that set it is done, counting events
+        as Tcl's ``Tcl_DoOneEvent`` does (see the module notes): what else
+        was ready in that pass runs later, so ``vwait(reply)`` followed by
+        ``after_cancel(timeout)`` works even when the timeout fell due
+        while the reply was read."""
         version = var._version
+        run = self._run
         while var._version == version:
-            self.run_once()
+            run(None, var, version)
         return var._value
 
     def update(self, idletasks: bool = False) -> None:
@@ -575,8 +631,14 @@ class Loop(Timers):
             while self._idle:
                 self._run_idle()
             return
-        while self.run_once(0):
-            pass
+        while True:
+            resumed = self._events is not None or self._threadsafe_due > 0
+            if not self._run(0, None, 0) and not resumed:
+                return
+
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Release the selector and the wakeup pipe; the loop can't run again."""
@@ -590,11 +652,9 @@ class Loop(Timers):
 
 
 def _fileno(ch: Any) -> int:
-    """The descriptor of a Channel, socket or int."""
+    """The descriptor of a socket (or anything with ``fileno()``) or int."""
     if isinstance(ch, int):
         return ch
-    if isinstance(ch, Channel):
-        return ch._fd
     try:
         return ch.fileno()
     except AttributeError:
@@ -607,7 +667,7 @@ _local = threading.local()
 def get_loop() -> Loop:
     """The calling thread's default loop, made on first use."""
     loop = getattr(_local, "loop", None)
-    if loop is None or loop._closed:
+    if loop is None or loop.closed():
         loop = _local.loop = Loop()
     return loop
 
@@ -619,6 +679,3 @@ def set_loop(loop: Loop | None) -> Loop | None:
     _local.loop = loop
     return previous
 
-
-# channel.py needs get_loop from here, so it is imported last.
-from .channel import Channel  # noqa: E402

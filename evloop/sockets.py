@@ -29,7 +29,8 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from .channel import Channel, _address
+from ._addresses import host_port
+from .channel import Channel
 from .loop import Loop, get_loop
 
 __all__ = ["open_async", "open", "server", "Server"]
@@ -97,10 +98,10 @@ def open_async(host: str, port: int, loop: Loop | None = None) -> Channel:
     if code in _NO_RESOURCES:
         sock.close()
         raise OSError(code, os.strerror(code))
-    ch = Channel(sock, loop)
-    if code not in (0, errno.EINPROGRESS):
-        ch._error = OSError(code, os.strerror(code))   # failed at once: keep it
-    return ch
+    if code in (0, errno.EINPROGRESS):
+        return Channel(sock, loop)
+    # Failed at once: the channel keeps the error for error().
+    return Channel(sock, loop, error=OSError(code, os.strerror(code)))
 
 
 def open(host: str, port: int, timeout: float | None = None,
@@ -156,7 +157,7 @@ class Server:
                 return
             ch = Channel(conn, self._loop)
             if self.path is None:
-                host, port = _address(addr)
+                host, port = host_port(addr)
             else:
                 host, port = self.path, 0
             self._call(ch, host, port)
@@ -165,8 +166,11 @@ class Server:
         """Run the user's callback.  One bad connection or datagram must not
         stop the server: an exception is reported, and the server's own
         handler, which would be deleted if it raised, stays."""
+        callback = self._callback
+        if callback is None:
+            return
         try:
-            self._callback(*args)
+            callback(*args)
         except Exception as exc:
             self._loop.report(exc)
 
@@ -196,10 +200,10 @@ class Server:
                 self._loop.report(exc)
                 return
             if self.path is not None or not addr:
-                host, port = (addr or ""), 0
+                self._call(data, addr or "", 0)
             else:
-                host, port = _address(addr)
-            self._call(data, host, port)
+                host, port = host_port(addr)
+                self._call(data, host, port)
 
     def close(self) -> None:
         """Stop listening (a Unix socket's path is removed)."""
@@ -207,8 +211,8 @@ class Server:
             return
         self._loop.after_cancel(self._paused)
         # Unregister first, then close; a dgram server's socket may carry the
-        # caller's writable handler too.
-        self._loop._forget(self.sock.fileno())
+        # caller's handlers too.
+        self._loop.forget(self.sock)
         self.sock.close()
         if self.path:
             try:

@@ -405,7 +405,9 @@ def test_closing_a_dgram_server_removes_every_handler_of_its_socket(loop):
     srv.close()
 
     assert srv.fileno() == -1
-    assert fd not in loop._watches         # nothing left for a reused number
+    # Nothing left for a reused number.
+    assert loop.fileevent(fd, "readable") is None
+    assert loop.fileevent(fd, "writable") is None
 
 
 def test_server_and_open_async_talk_line_by_line(loop):
