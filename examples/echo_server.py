@@ -16,7 +16,7 @@ echo service (Practical Programming in Tcl and Tk), beside its translation::
     proc Echo {sock} {                        def echo(ch, host, port):
         if {[eof $sock] ||                        try:
                 [catch {gets $sock line}]} {          line = ch.gets()
-            close $sock                           except OSError:     # a reset
+            close $sock                           except OSError:     # a read error
         } else {                                      line = None     # eof() is true
             puts $sock $line                      if line is not None:
         }                                             ch.puts(line)
@@ -27,7 +27,9 @@ echo service (Practical Programming in Tcl and Tk), beside its translation::
 
 The one difference: our channels are non-blocking, so ``gets`` returns None
 (Tcl: -1 with ``fblocked``) while a line is incomplete, and the handler
-simply waits to be called again.
+simply waits to be called again.  A client that resets its connection is an
+end of file in both (``ch.error()`` tells the reset, once); the ``catch``
+and the ``except`` are for rarer read errors.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ def accept(ch: evloop.Channel, host: str, port: int) -> None:
 def echo(ch: evloop.Channel, host: str, port: int) -> None:
     try:
         line = ch.gets()
-    except OSError:                 # the peer reset the connection; eof() is true
-        line = None
+    except OSError:                 # a read error other than a reset; eof() is true
+        line = None                 # (a reset is an end of file, as in Tcl)
     if line is not None:
         ch.puts(line)
     elif ch.eof():
