@@ -100,6 +100,23 @@ def autojump_loop(autojump_clock):
     lp.close()
 
 
+@pytest.fixture
+def jump_clock() -> FakeClock:
+    """A FakeClock that jumps at once (``autojump_threshold=0``)."""
+    return FakeClock(autojump_threshold=0)
+
+
+@pytest.fixture
+def jump_loop(jump_clock):
+    """A Loop whose FakeClock jumps to the next timer whenever the loop
+    would sleep for it and no I/O is ready: for loopback work, where the
+    kernel has answered every connect before ``connect()`` returns.  Not
+    the thread's default."""
+    lp = jump_clock.attach(evloop.Loop(clock=jump_clock))
+    yield lp
+    lp.close()
+
+
 def wait_for(loop: evloop.Loop, predicate, timeout: float = 5.0) -> None:
     """Run ``loop`` until ``predicate()`` is true; fail after ``timeout``
     real seconds (real, so a fake clock that does not move can't hang it)."""

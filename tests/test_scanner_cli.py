@@ -257,8 +257,8 @@ _ON_FAKE_CLOCK = """
 import runpy, sys
 sys.path.insert(0, sys.argv.pop(1))
 import evloop
-from fakeclock import AUTOJUMP, FakeClock
-clock = FakeClock(autojump_threshold=AUTOJUMP)
+from fakeclock import FakeClock
+clock = FakeClock(autojump_threshold=0)         # loopback: nothing in flight to overtake
 evloop.set_loop(clock.attach(evloop.Loop(clock=clock)))
 del sys.argv[0]
 runpy.run_path(sys.argv[0], run_name="__main__")
