@@ -353,17 +353,23 @@ def test_input_translation_matches_tclsh(loop, chpair, tclsh, tmp_path, mode, re
 
     ch, peer = chpair
     ch.configure(translation=(mode, "lf"))
-    for byte in _TCL_INPUT:                # one segment per byte: every cut
+    got = [] if request_ == "gets" else [""]
+    # One segment per byte, each taken in by a gets or read of its own (a
+    # non-blocking call receives once): the translation meets every cut.
+    for byte in _TCL_INPUT:
         peer.sendall(bytes([byte]))
         _arrived(ch)
-        ch._fill()
+        if request_ == "gets":
+            while (line := ch.gets()) is not None:
+                got.append(line)
+        else:
+            got[0] += ch.read()
+        assert not select.select([ch.sock], [], [], 0)[0]     # taken in: a cut
     peer.close()
-    got = []
     if request_ == "gets":
         while (line := ch.gets()) is not None:
             got.append(line)
     else:
-        got.append(ch.read())
         while not ch.eof():
             got[0] += ch.read()
 
