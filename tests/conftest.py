@@ -10,6 +10,7 @@ import atexit
 import errno
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -200,6 +201,92 @@ class Lab:
         self.sockets.clear()
 
 
+class Ports:
+    """Listeners and closed ports on one random loopback address, ``host``:
+    ``listen(n)`` gives n listening sockets (on ``host`` or another
+    address), ``closed(n)`` n ports bound but not listening (refused),
+    ``silent()`` a port whose accept queue is full (SYNs dropped: a
+    timeout)."""
+
+    def __init__(self) -> None:
+        self.host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        self.socks: list[socket.socket] = []
+
+    def _bound(self, host: str | None = None) -> socket.socket:
+        s = socket.socket()
+        self.socks.append(s)
+        s.bind((host or self.host, 0))
+        return s
+
+    def listen(self, n: int = 1, host: str | None = None) -> list[socket.socket]:
+        out = []
+        for _ in range(n):
+            s = self._bound(host)
+            s.listen(64)
+            out.append(s)
+        return out
+
+    def closed(self, n: int = 1) -> list[int]:
+        return [self._bound().getsockname()[1] for _ in range(n)]
+
+    def silent(self) -> int:
+        s = self._bound()
+        s.listen(0)
+        filler = socket.create_connection(s.getsockname(), timeout=5)
+        self.socks.append(filler)
+        return s.getsockname()[1]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+@pytest.fixture
+def ports():
+    """A `Ports` on a random loopback address, closed after the test."""
+    p = Ports()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def refusing_port():
+    """A port on 127.0.0.1 that surely refuses: bound by us, never listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.fixture
+def chpair(loop):
+    """(channel, peer): a non-blocking Channel on one end of an AF_UNIX
+    socketpair and the plain socket at the other end (blocking, 5 s
+    timeout)."""
+    a, b = socket.socketpair()
+    b.settimeout(5)
+    ch = evloop.Channel(a, loop)
+    yield ch, b
+    ch.close(force=True)
+    b.close()
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
+    """Read descriptor ``fd`` (a pipe, a pty) until ``needle`` has come;
+    return all that was read.  Fails at end of file or after ``timeout``."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} not seen in {data!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"EOF before {needle!r}: {data!r}"
+            data += chunk
+    return data
+
+
 @pytest.fixture(scope="session")
 def tclsh() -> str:
     """Path of tclsh 8.6, or skip."""
@@ -336,6 +423,78 @@ def start_original_portmgr(tmp_path, tclsh: str, ports: str,
     return PortManagerProcess(proc, listen, paths, low, high)
 
 
+class Peer:
+    """A blocking client connection to a port manager that reads its
+    ``\\r\\n``-terminated replies (names may hold lone surrogates, sent
+    and read as Tcl does: UTF-8 with surrogatepass)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None,
+                 timeout: float = 10.0) -> None:
+        src = (source, 0) if source else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=src)
+        self.buf = b""
+
+    def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogatepass")
+        self.sock.sendall(data)
+
+    def readline(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def ask(self, request: str) -> str:
+        self.send(request + "\n")
+        return self.readline().decode("utf-8", "surrogatepass")
+
+    def gimme(self, app: str, user: str = "fox") -> int:
+        from portalloc.protocol import format_list, parse_list
+        reply = self.ask(format_list(("GIMME", app, user)))
+        status, port = parse_list(reply)
+        assert status == "OK", reply
+        return int(port)
+
+    def list(self) -> list[list[str]]:
+        from portalloc.protocol import parse_list
+        self.send("LIST\n")
+        status, count = parse_list(self.readline().decode())
+        assert status == "OK"
+        return [parse_list(self.readline().decode()) for _ in range(int(count))]
+
+    def rest_until_closed(self) -> bytes:
+        """Everything the server still sends, up to its close (EOF or reset)."""
+        data = self.buf
+        self.buf = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def closed_by_server(self, timeout: float) -> bool:
+        """Wait until the server closes the connection (EOF or reset)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def listed(pm) -> list:
     """The allocations a port manager lists now (``Allocation``s)."""
     from portalloc import PortAllocator
@@ -379,7 +538,6 @@ def full_portmgr(tmp_path):
 # sleeping.  If the number was taken meanwhile, Xvfb exits and the next
 # one is tried.
 
-import select as _x_select  # noqa: E402
 
 
 def _x_free(n: int) -> bool:
@@ -405,7 +563,7 @@ def _start_xvfb(xvfb: str, n: int):
     said, deadline = b"", time.monotonic() + 10.0
     try:
         while not said.endswith(b"\n"):
-            ready, _, _ = _x_select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(rfd, 64) if ready else b""
             if not chunk:
                 break                        # exited, or too slow

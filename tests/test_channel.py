@@ -22,18 +22,6 @@ pytestmark = pytest.mark.timeout(10)
 
 
 @pytest.fixture
-def chpair(loop):
-    """(channel, peer): a non-blocking Channel on one end of a socketpair and
-    the plain socket at the other end (blocking, 5 s timeout)."""
-    a, b = socket.socketpair()
-    b.settimeout(5)
-    ch = evloop.Channel(a, loop)
-    yield ch, b
-    ch.close(force=True)
-    b.close()
-
-
-@pytest.fixture
 def tcppair(loop):
     """(channel, peer) on loopback TCP: needed for resets (SO_LINGER 0)."""
     listener = socket.create_server(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ import importlib.util
 import itertools
 import json
 import os
-import random
 import shutil
 import socket
 import struct
@@ -37,56 +36,6 @@ from scanner.targets import Targets, iter_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(30)
-
-
-def _addr() -> str:
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-
-
-class Ports:
-    """Listeners and closed ports on one loopback address: ``listen(n)``
-    gives n listening sockets, ``closed(n)`` n ports bound but not
-    listening (refused), ``silent()`` a port whose accept queue is full
-    (SYNs dropped: a timeout)."""
-
-    def __init__(self) -> None:
-        self.host = _addr()
-        self.socks: list[socket.socket] = []
-
-    def _bound(self) -> socket.socket:
-        s = socket.socket()
-        self.socks.append(s)
-        s.bind((self.host, 0))
-        return s
-
-    def listen(self, n: int = 1) -> list[socket.socket]:
-        out = []
-        for _ in range(n):
-            s = self._bound()
-            s.listen(16)
-            out.append(s)
-        return out
-
-    def closed(self, n: int = 1) -> list[int]:
-        return [self._bound().getsockname()[1] for _ in range(n)]
-
-    def silent(self) -> int:
-        s = self._bound()
-        s.listen(0)
-        filler = socket.create_connection(s.getsockname(), timeout=5)
-        self.socks.append(filler)
-        return s.getsockname()[1]
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-
-
-@pytest.fixture
-def ports():
-    p = Ports()
-    yield p
-    p.close()
 
 
 def _reset(listener: socket.socket) -> None:

@@ -11,16 +11,14 @@ import json
 import os
 import pty
 import resource
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FakeClock, Lab
+from conftest import FakeClock, Lab, read_until
 
 import evloop
 from scanner.cli import main
@@ -173,20 +171,6 @@ def test_installed_command_names_itself_evscan(capsys):
 
 # ---------------------------------------------------------------- Ctrl-C
 
-def _read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while needle not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"{needle!r} not seen in {data!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"EOF before {needle!r}: {data!r}"
-            data += chunk
-    return data
-
-
 def test_sigint_stops_cleanly_with_what_was_found_and_exits_130(lab):
     # Silent addresses with a long timeout keep the scan busy; the open
     # ones answer at once and are printed (flushed) before the signal.
@@ -195,7 +179,7 @@ def test_sigint_stops_cleanly_with_what_was_found_and_exits_130(lab):
          "--timeout", "30", "--open-only"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = _read_until(proc.stdout.fileno(), f"{lab.addr(9)}:{lab.port}".encode())
+        seen = read_until(proc.stdout.fileno(), f"{lab.addr(9)}:{lab.port}".encode())
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -213,7 +197,7 @@ def test_sigint_on_the_test_subnet_exits_130(tnet):
                         "--timeout", "30", "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = _read_until(proc.stdout.fileno(), b'"open"')
+        seen = read_until(proc.stdout.fileno(), b'"open"')
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -237,7 +221,7 @@ def test_progress_line_only_on_a_terminal(lab):
     try:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
-        err = _read_until(master, b"scanned in")
+        err = read_until(master, b"scanned in")
         proc.communicate(timeout=10)
     finally:
         os.close(master)
