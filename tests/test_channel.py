@@ -6,12 +6,15 @@ TCP).  The far end is a plain socket the test drives by hand.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import select
 import socket
 import struct
 import subprocess
+import termios
 import threading
+import time
 
 import pytest
 from conftest import wait_for
@@ -56,6 +59,27 @@ def _nothing_waiting(peer: socket.socket) -> bool:
 def _arrived(ch: evloop.Channel) -> None:
     """Wait until input for ``ch`` is in its socket (without reading it)."""
     assert select.select([ch.sock], [], [], 5)[0], "no input within 5 s"
+
+
+def _send_once_taken(reading: socket.socket, peer: socket.socket, data: bytes) -> threading.Thread:
+    """Start a thread that sends ``data`` from ``peer`` as soon as the
+    reader has taken in all that came before (``reading``'s receive queue
+    is empty, FIONREAD): a reader that blocks for the rest must meet the
+    cut.  Gives up waiting after 5 s and sends anyway."""
+
+    def send() -> None:
+        deadline = time.monotonic() + 5
+        while _unread(reading) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        peer.sendall(data)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def _unread(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
 
 def _recv_exactly(peer: socket.socket, n: int) -> bytes:
@@ -304,8 +328,7 @@ def test_blocking_read_n_counts_translated_characters(loop, chpair):
     ch, peer = chpair
     ch.configure(blocking=True)
     peer.sendall(b"a\r\nb\r")              # 5 bytes, but 4 characters
-    later = threading.Timer(0.2, peer.sendall, (b"\nc",))
-    later.start()
+    later = _send_once_taken(ch.sock, peer, b"\nc")
 
     assert ch.read(5) == "a\nb\nc"
     later.join()
@@ -744,8 +767,7 @@ def test_open_makes_a_blocking_channel_whose_gets_waits_for_a_line(loop, line_se
         assert ch.configure()["blocking"] is True
         conn.sendall(b"hel")
         # The rest comes later from another thread; gets must wait for it.
-        later = threading.Timer(0.2, conn.sendall, (b"lo\n",))
-        later.start()
+        later = _send_once_taken(ch.sock, conn, b"lo\n")
 
         assert ch.gets() == "hello"
         later.join()

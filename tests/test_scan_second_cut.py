@@ -431,7 +431,7 @@ def test_testnet_shards_with_randomize_match_the_truth(tnet, testnet_module):
 
 @pytest.mark.parametrize("own_epoll", [True, False])
 def test_probes_watched_by_their_own_epoll_or_per_channel_give_the_same_answers(
-        ports, loop, monkeypatch, own_epoll):
+        ports, jump_loop, monkeypatch, own_epoll):
     # Linux: the probes share one epoll the loop watches (see scanner.scan);
     # elsewhere, or without a descriptor for it, each channel has its own
     # writable fileevent.  Both must classify alike.
@@ -442,6 +442,6 @@ def test_probes_watched_by_their_own_epoll_or_per_channel_give_the_same_answers(
     closed = ports.closed(20)
     silent = ports.silent()
     spec = [listener.getsockname()[1], silent, *closed]
-    results = list(scan(ports.host, spec, timeout=0.3, loop=loop, concurrency=8))
+    results = list(scan(ports.host, spec, timeout=0.3, loop=jump_loop, concurrency=8))
     assert Counter(r.state for r in results) == Counter(open=1, refused=20, timeout=1)
-    assert loop.after_info() == []
+    assert jump_loop.after_info() == []
