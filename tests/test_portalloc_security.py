@@ -425,12 +425,11 @@ class FakeManager:
         self.thread.start()
 
     def _serve(self) -> None:
-        self.listener.settimeout(0.1)
         while not self.done.is_set():
             try:
                 conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
+            except OSError:             # shut down by close()
+                return
             threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn: socket.socket) -> None:
@@ -449,8 +448,12 @@ class FakeManager:
 
     def close(self) -> None:
         self.done.set()
+        # shutdown() of a listening socket wakes the accept() blocked on it
+        # (EINVAL) at once; close() alone would not.
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.thread.join(2)
         self.listener.close()
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture
