@@ -359,6 +359,37 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
     ``tmp_path``; wait until it has written its listen port.  ``extra`` are
     more options; ``prefix`` is put before the command (``ip netns exec
     NS``); ``popen`` goes to Popen (stderr is a pipe unless given)."""
+    return _spawn_portmgr(tmp_path, *extra, ports=ports, prefix=prefix, **popen).ready(timeout)
+
+
+class _Starting:
+    """A port manager process started and not yet waited for."""
+
+    def __init__(self, proc, paths, ports: str) -> None:
+        self.proc, self.paths, self.ports = proc, paths, ports
+
+    def ready(self, timeout: float = 10.0) -> PortManagerProcess:
+        """Wait until it serves; the running `PortManagerProcess`."""
+        proc, paths = self.proc, self.paths
+        deadline = time.monotonic() + timeout
+        # Started means both files are there: the port file is written once
+        # the server listens, the first (empty) usage file in its first
+        # pass, a moment later.  Nothing else tells: a start takes ~50 ms,
+        # mostly imports, so poll often.
+        while not (paths.portfile.exists() and paths.usagefile.exists()):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"port manager exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("port manager did not start")
+            time.sleep(0.002)
+        low, high = (int(x) for x in self.ports.split("-"))
+        return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
+
+
+def _spawn_portmgr(tmp_path, *extra: str, ports: str = "21001-21100", prefix=(),
+                   **popen) -> _Starting:
     paths = SimpleNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
                          log=tmp_path / "portmanager.log", pidfile=tmp_path / "portmgr.pid")
     argv = [*prefix, sys.executable, "-m", "portalloc.server", "--listen", "0", "--ports", ports,
@@ -366,22 +397,7 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
             "--log", str(paths.log), "--pidfile", str(paths.pidfile), *extra]
     popen.setdefault("cwd", str(ROOT))
     popen.setdefault("stderr", subprocess.PIPE)
-    proc = subprocess.Popen(argv, **popen)
-    deadline = time.monotonic() + timeout
-    # Started means both files are there: the port file is written once the
-    # server listens, the first (empty) usage file in its first pass, a
-    # moment later.  Nothing else tells: a start takes ~70 ms, mostly
-    # imports, so poll often.
-    while not (paths.portfile.exists() and paths.usagefile.exists()):
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"port manager exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("port manager did not start")
-        time.sleep(0.002)
-    low, high = (int(x) for x in ports.split("-"))
-    return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
+    return _Starting(subprocess.Popen(argv, **popen), paths, ports)
 
 
 def start_original_portmgr(tmp_path, tclsh: str, ports: str,
@@ -502,11 +518,40 @@ def listed(pm) -> list:
         return pa.list_ports()
 
 
+# The `portmgr` fixture's managers start ahead: when a test takes one,
+# another is started, so that `_AHEAD` of them boot (~50 ms of imports
+# each) on the other core while tests run.  Each is still a fresh process
+# that nobody has talked to, started the same way, its files in a
+# directory of its own (``.paths``); its environment is this session's (a
+# test's monkeypatched variables never reach it).  Those left are killed
+# at the end.
+_SESSION_ENV = dict(os.environ)
+_AHEAD = 2
+
+
+@pytest.fixture(scope="session")
+def _next_portmgrs(tmp_path_factory):
+    """(queue of `_Starting` managers, the function that starts one)."""
+    def spawn() -> _Starting:
+        return _spawn_portmgr(tmp_path_factory.mktemp("portmgr"), env=_SESSION_ENV)
+
+    queue: list[_Starting] = []
+    yield queue, spawn
+    for starting in queue:
+        starting.proc.kill()
+        starting.proc.wait(10)
+        starting.proc.stderr.close()
+
+
 @pytest.fixture
-def portmgr(tmp_path):
+def portmgr(_next_portmgrs):
     """A port manager subprocess (ports 21001-21100, listen port picked by
-    the kernel); killed after the test if still running."""
-    pm = start_portmgr(tmp_path)
+    the kernel), never used before the test; killed after the test if
+    still running."""
+    queue, spawn = _next_portmgrs
+    pm = (queue.pop(0) if queue else spawn()).ready()
+    while len(queue) < _AHEAD:
+        queue.append(spawn())
     yield pm
     if pm.proc.poll() is None:
         pm.proc.kill()
