@@ -578,6 +578,27 @@ def test_autojump_never_moves_time_in_update_or_run_once_0(autojump_loop):
     assert fired == ["timer"] and autojump_loop.time() == start + 1.0
 
 
+def test_jump_at_once_handles_ready_io_first_then_jumps_without_waiting(jump_loop, jump_clock):
+    # Threshold 0: no real time is given to I/O in flight, but I/O that is
+    # ready when the loop asks how long to sleep runs before any jump.
+    a, b = socket.socketpair()
+    try:
+        got = []
+        fired = []
+        start, real = jump_loop.time(), time.monotonic()
+        jump_loop.fileevent(a, "readable", lambda: got.append((a.recv(10), jump_loop.time())))
+        jump_loop.after(30_000, lambda: fired.append(jump_loop.time()))
+        b.send(b"x")
+        wait_for(jump_loop, lambda: fired)
+        assert got == [(b"x", start)]
+        assert fired == [start + 30.0] and jump_clock.jumps == 1
+        assert time.monotonic() - real < 1.0
+    finally:
+        jump_loop.fileevent(a, "readable", None)
+        a.close()
+        b.close()
+
+
 def test_a_manual_fake_clock_moves_only_when_advanced(fake_loop, clock):
     fired = []
     fake_loop.after(1000, fired.append, "timer")
