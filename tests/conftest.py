@@ -6,14 +6,17 @@ section of its own.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import random
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,6 +38,19 @@ def _find_testnet() -> Path:
 
 
 TESTNET_DIR = _find_testnet()
+
+
+# Bytecode for the child processes.  The suite starts a few hundred Pythons
+# (port managers, the command lines, examples); where PYTHONDONTWRITEBYTECODE
+# is set, each would compile every module it imports from source again,
+# about 40 ms a start.  The children instead share a bytecode cache of this
+# session (PYTHONPYCACHEPREFIX: nothing is written beside the sources),
+# removed at exit.  Python checks each cached file against its source's
+# mtime and size, so an edit between runs is never missed.
+_PYCACHE = tempfile.mkdtemp(prefix="evloop-tests-pycache-")
+atexit.register(shutil.rmtree, _PYCACHE, ignore_errors=True)
+os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 from fakeclock import AUTOJUMP, FakeClock  # noqa: E402,F401  (tests import them from here)
 
@@ -81,6 +97,23 @@ def autojump_loop(autojump_clock):
     found nothing to do for `AUTOJUMP` real seconds: timeouts are exact
     (``loop.time()``) and cost no waiting.  Not the thread's default."""
     lp = autojump_clock.attach(evloop.Loop(clock=autojump_clock))
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def jump_clock() -> FakeClock:
+    """A FakeClock that jumps at once (``autojump_threshold=0``)."""
+    return FakeClock(autojump_threshold=0)
+
+
+@pytest.fixture
+def jump_loop(jump_clock):
+    """A Loop whose FakeClock jumps to the next timer whenever the loop
+    would sleep for it and no I/O is ready: for loopback work, where the
+    kernel has answered every connect before ``connect()`` returns.  Not
+    the thread's default."""
+    lp = jump_clock.attach(evloop.Loop(clock=jump_clock))
     yield lp
     lp.close()
 
@@ -168,6 +201,92 @@ class Lab:
         self.sockets.clear()
 
 
+class Ports:
+    """Listeners and closed ports on one random loopback address, ``host``:
+    ``listen(n)`` gives n listening sockets (on ``host`` or another
+    address), ``closed(n)`` n ports bound but not listening (refused),
+    ``silent()`` a port whose accept queue is full (SYNs dropped: a
+    timeout)."""
+
+    def __init__(self) -> None:
+        self.host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        self.socks: list[socket.socket] = []
+
+    def _bound(self, host: str | None = None) -> socket.socket:
+        s = socket.socket()
+        self.socks.append(s)
+        s.bind((host or self.host, 0))
+        return s
+
+    def listen(self, n: int = 1, host: str | None = None) -> list[socket.socket]:
+        out = []
+        for _ in range(n):
+            s = self._bound(host)
+            s.listen(64)
+            out.append(s)
+        return out
+
+    def closed(self, n: int = 1) -> list[int]:
+        return [self._bound().getsockname()[1] for _ in range(n)]
+
+    def silent(self) -> int:
+        s = self._bound()
+        s.listen(0)
+        filler = socket.create_connection(s.getsockname(), timeout=5)
+        self.socks.append(filler)
+        return s.getsockname()[1]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+@pytest.fixture
+def ports():
+    """A `Ports` on a random loopback address, closed after the test."""
+    p = Ports()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def refusing_port():
+    """A port on 127.0.0.1 that surely refuses: bound by us, never listening."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.fixture
+def chpair(loop):
+    """(channel, peer): a non-blocking Channel on one end of an AF_UNIX
+    socketpair and the plain socket at the other end (blocking, 5 s
+    timeout)."""
+    a, b = socket.socketpair()
+    b.settimeout(5)
+    ch = evloop.Channel(a, loop)
+    yield ch, b
+    ch.close(force=True)
+    b.close()
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
+    """Read descriptor ``fd`` (a pipe, a pty) until ``needle`` has come;
+    return all that was read.  Fails at end of file or after ``timeout``."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} not seen in {data!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"EOF before {needle!r}: {data!r}"
+            data += chunk
+    return data
+
+
 @pytest.fixture(scope="session")
 def tclsh() -> str:
     """Path of tclsh 8.6, or skip."""
@@ -240,6 +359,37 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
     ``tmp_path``; wait until it has written its listen port.  ``extra`` are
     more options; ``prefix`` is put before the command (``ip netns exec
     NS``); ``popen`` goes to Popen (stderr is a pipe unless given)."""
+    return _spawn_portmgr(tmp_path, *extra, ports=ports, prefix=prefix, **popen).ready(timeout)
+
+
+class _Starting:
+    """A port manager process started and not yet waited for."""
+
+    def __init__(self, proc, paths, ports: str) -> None:
+        self.proc, self.paths, self.ports = proc, paths, ports
+
+    def ready(self, timeout: float = 10.0) -> PortManagerProcess:
+        """Wait until it serves; the running `PortManagerProcess`."""
+        proc, paths = self.proc, self.paths
+        deadline = time.monotonic() + timeout
+        # Started means both files are there: the port file is written once
+        # the server listens, the first (empty) usage file in its first
+        # pass, a moment later.  Nothing else tells: a start takes ~50 ms,
+        # mostly imports, so poll often.
+        while not (paths.portfile.exists() and paths.usagefile.exists()):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"port manager exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("port manager did not start")
+            time.sleep(0.002)
+        low, high = (int(x) for x in self.ports.split("-"))
+        return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
+
+
+def _spawn_portmgr(tmp_path, *extra: str, ports: str = "21001-21100", prefix=(),
+                   **popen) -> _Starting:
     paths = SimpleNamespace(portfile=tmp_path / "listen.port", usagefile=tmp_path / "ports.txt",
                          log=tmp_path / "portmanager.log", pidfile=tmp_path / "portmgr.pid")
     argv = [*prefix, sys.executable, "-m", "portalloc.server", "--listen", "0", "--ports", ports,
@@ -247,22 +397,7 @@ def start_portmgr(tmp_path, *extra: str, ports: str = "21001-21100",
             "--log", str(paths.log), "--pidfile", str(paths.pidfile), *extra]
     popen.setdefault("cwd", str(ROOT))
     popen.setdefault("stderr", subprocess.PIPE)
-    proc = subprocess.Popen(argv, **popen)
-    deadline = time.monotonic() + timeout
-    # Started means both files are there: the port file is written once the
-    # server listens, the first (empty) usage file in its first pass, a
-    # moment later.  Nothing else tells: a start takes ~70 ms, mostly
-    # imports, so poll often.
-    while not (paths.portfile.exists() and paths.usagefile.exists()):
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"port manager exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("port manager did not start")
-        time.sleep(0.002)
-    low, high = (int(x) for x in ports.split("-"))
-    return PortManagerProcess(proc, int(paths.portfile.read_text()), paths, low, high)
+    return _Starting(subprocess.Popen(argv, **popen), paths, ports)
 
 
 def start_original_portmgr(tmp_path, tclsh: str, ports: str,
@@ -304,6 +439,78 @@ def start_original_portmgr(tmp_path, tclsh: str, ports: str,
     return PortManagerProcess(proc, listen, paths, low, high)
 
 
+class Peer:
+    """A blocking client connection to a port manager that reads its
+    ``\\r\\n``-terminated replies (names may hold lone surrogates, sent
+    and read as Tcl does: UTF-8 with surrogatepass)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None,
+                 timeout: float = 10.0) -> None:
+        src = (source, 0) if source else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=src)
+        self.buf = b""
+
+    def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogatepass")
+        self.sock.sendall(data)
+
+    def readline(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def ask(self, request: str) -> str:
+        self.send(request + "\n")
+        return self.readline().decode("utf-8", "surrogatepass")
+
+    def gimme(self, app: str, user: str = "fox") -> int:
+        from portalloc.protocol import format_list, parse_list
+        reply = self.ask(format_list(("GIMME", app, user)))
+        status, port = parse_list(reply)
+        assert status == "OK", reply
+        return int(port)
+
+    def list(self) -> list[list[str]]:
+        from portalloc.protocol import parse_list
+        self.send("LIST\n")
+        status, count = parse_list(self.readline().decode())
+        assert status == "OK"
+        return [parse_list(self.readline().decode()) for _ in range(int(count))]
+
+    def rest_until_closed(self) -> bytes:
+        """Everything the server still sends, up to its close (EOF or reset)."""
+        data = self.buf
+        self.buf = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def closed_by_server(self, timeout: float) -> bool:
+        """Wait until the server closes the connection (EOF or reset)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def listed(pm) -> list:
     """The allocations a port manager lists now (``Allocation``s)."""
     from portalloc import PortAllocator
@@ -311,11 +518,40 @@ def listed(pm) -> list:
         return pa.list_ports()
 
 
+# The `portmgr` fixture's managers start ahead: when a test takes one,
+# another is started, so that `_AHEAD` of them boot (~50 ms of imports
+# each) on the other core while tests run.  Each is still a fresh process
+# that nobody has talked to, started the same way, its files in a
+# directory of its own (``.paths``); its environment is this session's (a
+# test's monkeypatched variables never reach it).  Those left are killed
+# at the end.
+_SESSION_ENV = dict(os.environ)
+_AHEAD = 2
+
+
+@pytest.fixture(scope="session")
+def _next_portmgrs(tmp_path_factory):
+    """(queue of `_Starting` managers, the function that starts one)."""
+    def spawn() -> _Starting:
+        return _spawn_portmgr(tmp_path_factory.mktemp("portmgr"), env=_SESSION_ENV)
+
+    queue: list[_Starting] = []
+    yield queue, spawn
+    for starting in queue:
+        starting.proc.kill()
+        starting.proc.wait(10)
+        starting.proc.stderr.close()
+
+
 @pytest.fixture
-def portmgr(tmp_path):
+def portmgr(_next_portmgrs):
     """A port manager subprocess (ports 21001-21100, listen port picked by
-    the kernel); killed after the test if still running."""
-    pm = start_portmgr(tmp_path)
+    the kernel), never used before the test; killed after the test if
+    still running."""
+    queue, spawn = _next_portmgrs
+    pm = (queue.pop(0) if queue else spawn()).ready()
+    while len(queue) < _AHEAD:
+        queue.append(spawn())
     yield pm
     if pm.proc.poll() is None:
         pm.proc.kill()
@@ -347,7 +583,6 @@ def full_portmgr(tmp_path):
 # sleeping.  If the number was taken meanwhile, Xvfb exits and the next
 # one is tried.
 
-import select as _x_select  # noqa: E402
 
 
 def _x_free(n: int) -> bool:
@@ -373,7 +608,7 @@ def _start_xvfb(xvfb: str, n: int):
     said, deadline = b"", time.monotonic() + 10.0
     try:
         while not said.endswith(b"\n"):
-            ready, _, _ = _x_select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(rfd, 64) if ready else b""
             if not chunk:
                 break                        # exited, or too slow

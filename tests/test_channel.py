@@ -6,12 +6,15 @@ TCP).  The far end is a plain socket the test drives by hand.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import select
 import socket
 import struct
 import subprocess
+import termios
 import threading
+import time
 
 import pytest
 from conftest import wait_for
@@ -19,18 +22,6 @@ from conftest import wait_for
 import evloop
 
 pytestmark = pytest.mark.timeout(10)
-
-
-@pytest.fixture
-def chpair(loop):
-    """(channel, peer): a non-blocking Channel on one end of a socketpair and
-    the plain socket at the other end (blocking, 5 s timeout)."""
-    a, b = socket.socketpair()
-    b.settimeout(5)
-    ch = evloop.Channel(a, loop)
-    yield ch, b
-    ch.close(force=True)
-    b.close()
 
 
 @pytest.fixture
@@ -68,6 +59,27 @@ def _nothing_waiting(peer: socket.socket) -> bool:
 def _arrived(ch: evloop.Channel) -> None:
     """Wait until input for ``ch`` is in its socket (without reading it)."""
     assert select.select([ch.sock], [], [], 5)[0], "no input within 5 s"
+
+
+def _send_once_taken(reading: socket.socket, peer: socket.socket, data: bytes) -> threading.Thread:
+    """Start a thread that sends ``data`` from ``peer`` as soon as the
+    reader has taken in all that came before (``reading``'s receive queue
+    is empty, FIONREAD): a reader that blocks for the rest must meet the
+    cut.  Gives up waiting after 5 s and sends anyway."""
+
+    def send() -> None:
+        deadline = time.monotonic() + 5
+        while _unread(reading) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        peer.sendall(data)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def _unread(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
 
 def _recv_exactly(peer: socket.socket, n: int) -> bytes:
@@ -316,8 +328,7 @@ def test_blocking_read_n_counts_translated_characters(loop, chpair):
     ch, peer = chpair
     ch.configure(blocking=True)
     peer.sendall(b"a\r\nb\r")              # 5 bytes, but 4 characters
-    later = threading.Timer(0.2, peer.sendall, (b"\nc",))
-    later.start()
+    later = _send_once_taken(ch.sock, peer, b"\nc")
 
     assert ch.read(5) == "a\nb\nc"
     later.join()
@@ -353,17 +364,23 @@ def test_input_translation_matches_tclsh(loop, chpair, tclsh, tmp_path, mode, re
 
     ch, peer = chpair
     ch.configure(translation=(mode, "lf"))
-    for byte in _TCL_INPUT:                # one segment per byte: every cut
+    got = [] if request_ == "gets" else [""]
+    # One segment per byte, each taken in by a gets or read of its own (a
+    # non-blocking call receives once): the translation meets every cut.
+    for byte in _TCL_INPUT:
         peer.sendall(bytes([byte]))
         _arrived(ch)
-        ch._fill()
+        if request_ == "gets":
+            while (line := ch.gets()) is not None:
+                got.append(line)
+        else:
+            got[0] += ch.read()
+        assert not select.select([ch.sock], [], [], 0)[0]     # taken in: a cut
     peer.close()
-    got = []
     if request_ == "gets":
         while (line := ch.gets()) is not None:
             got.append(line)
     else:
-        got.append(ch.read())
         while not ch.eof():
             got[0] += ch.read()
 
@@ -750,8 +767,7 @@ def test_open_makes_a_blocking_channel_whose_gets_waits_for_a_line(loop, line_se
         assert ch.configure()["blocking"] is True
         conn.sendall(b"hel")
         # The rest comes later from another thread; gets must wait for it.
-        later = threading.Timer(0.2, conn.sendall, (b"lo\n",))
-        later.start()
+        later = _send_once_taken(ch.sock, conn, b"lo\n")
 
         assert ch.gets() == "hello"
         later.join()

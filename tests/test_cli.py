@@ -42,33 +42,60 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _hold(pm):
+    """Allocations by two users, alice's ``web`` and bob's ``my db``: the
+    ports, and the allocators that hold them."""
+    alice = PortAllocator("localhost", pm.port, user="alice")
+    bob = PortAllocator("localhost", pm.port, user="bob")
+    return {"web": alice.allocate_port("web"), "my db": bob.allocate_port("my db")}, (alice, bob)
+
+
 @pytest.fixture
 def held(portmgr):
-    """Allocations made by two users, released after the test."""
-    alice = PortAllocator("localhost", portmgr.port, user="alice")
-    bob = PortAllocator("localhost", portmgr.port, user="bob")
-    ports = {"web": alice.allocate_port("web"), "my db": bob.allocate_port("my db")}
+    """`_hold`'s allocations on the test's own manager, released after it."""
+    ports, holders = _hold(portmgr)
     yield ports
-    alice.release()
-    bob.release()
+    for pa in holders:
+        pa.release()
+
+
+@pytest.fixture(scope="module")
+def listing(tmp_path_factory):
+    """(manager, held): one manager with `_hold`'s allocations for all the
+    tests of this module that only read them (list, find), which then need
+    no manager start of their own; a test that allocates or releases
+    anything uses ``portmgr`` and ``held``.  Every reader sees exactly the
+    two allocations."""
+    pm = start_portmgr(tmp_path_factory.mktemp("listing"))
+    try:
+        ports, holders = _hold(pm)
+        yield pm, ports
+        for pa in holders:
+            pa.release()
+    finally:
+        pm.stop()
+        pm.proc.stderr.close()
 
 
 # ------------------------------------------------------------------- list
 
-def test_list_prints_one_tcl_list_line_per_allocation(portmgr, held, capsys):
+def test_list_prints_one_tcl_list_line_per_allocation(listing, capsys):
+    portmgr, held = listing
     assert main(["list", "--port", str(portmgr.port)]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = [parse_list(line) for line in out]
     assert rows == [[str(held["web"]), "web", "alice"], [str(held["my db"]), "my db", "bob"]]
 
 
-def test_list_columns_line_up(portmgr, held, capsys):
+def test_list_columns_line_up(listing, capsys):
+    portmgr, held = listing
     main(["list", "--port", str(portmgr.port)])
     out = capsys.readouterr().out.splitlines()
     assert out[0].index("alice") == out[1].index("bob")
 
 
-def test_list_filters_users_with_a_glob_like_lsservices(portmgr, held, capsys):
+def test_list_filters_users_with_a_glob_like_lsservices(listing, capsys):
+    portmgr, held = listing
     assert main(["list", "localhost", "a*", "--port", str(portmgr.port)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [parse_list(line)[2] for line in out] == ["alice"]
@@ -76,7 +103,8 @@ def test_list_filters_users_with_a_glob_like_lsservices(portmgr, held, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_list_json(portmgr, held, capsys):
+def test_list_json(listing, capsys):
+    portmgr, held = listing
     assert main(["list", "--json", "--port", str(portmgr.port)]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"host": "localhost", "port": held["web"], "application": "web", "user": "alice"},
@@ -123,7 +151,8 @@ def test_list_writes_a_lone_surrogate_as_a_tcl_escape(portmgr):
     assert "x\\uD800" in r.stdout
 
 
-def test_list_prints_a_header_only_on_a_terminal(portmgr, held):
+def test_list_prints_a_header_only_on_a_terminal(listing):
+    portmgr, held = listing
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "portalloc", "list", "--port",
@@ -159,12 +188,14 @@ def test_list_host_given_twice_is_a_usage_error(capsys):
 
 # ------------------------------------------------------------------- find
 
-def test_find_prints_the_port(portmgr, held, capsys):
+def test_find_prints_the_port(listing, capsys):
+    portmgr, held = listing
     assert main(["find", "web", "--user", "alice", "--port", str(portmgr.port)]) == 0
     assert capsys.readouterr().out == f"{held['web']}\n"
 
 
-def test_find_json(portmgr, held, capsys):
+def test_find_json(listing, capsys):
+    portmgr, held = listing
     assert main(["find", "my db", "--user", "bob", "--json", "--port", str(portmgr.port)]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "host": "localhost", "port": held["my db"], "application": "my db", "user": "bob"}
@@ -179,7 +210,8 @@ def test_find_defaults_to_the_login_user(portmgr, held, capsys):
         assert capsys.readouterr().out == f"{port}\n"
 
 
-def test_find_exits_1_with_one_line_when_nothing_matches(portmgr, held, capsys):
+def test_find_exits_1_with_one_line_when_nothing_matches(listing, capsys):
+    portmgr, held = listing
     assert main(["find", "web", "--user", "bob", "--port", str(portmgr.port)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -189,7 +221,8 @@ def test_find_exits_1_with_one_line_when_nothing_matches(portmgr, held, capsys):
 
 # --------------------------------------------------------- finding the server
 
-def test_tools_find_the_server_through_the_port_file(portmgr, held):
+def test_tools_find_the_server_through_the_port_file(listing):
+    portmgr, held = listing
     result = subprocess.run([sys.executable, "-m", "portalloc", "find", "web", "--user", "alice"],
                             cwd=ROOT, capture_output=True, text=True, timeout=20,
                             env=_env(**{client.PORT_FILE_ENV: str(portmgr.paths.portfile)}))
@@ -197,7 +230,8 @@ def test_tools_find_the_server_through_the_port_file(portmgr, held):
     assert result.stdout == f"{held['web']}\n"
 
 
-def test_tools_use_the_default_port_file(portmgr, held, monkeypatch, capsys):
+def test_tools_use_the_default_port_file(listing, monkeypatch, capsys):
+    portmgr, held = listing
     monkeypatch.delenv(client.PORT_FILE_ENV, raising=False)
     monkeypatch.setattr(client, "DEFAULT_PORT_FILE", str(portmgr.paths.portfile))
     assert main(["list", "--json"]) == 0
@@ -345,7 +379,8 @@ def test_console_entry_point_module_runs():
 
 # ------------------------------------------------------------- many hosts
 
-def test_list_asks_several_hosts_at_once_with_a_host_column(portmgr, held, tmp_path, capsys):
+def test_list_asks_several_hosts_at_once_with_a_host_column(listing, tmp_path, capsys):
+    portmgr, held = listing
     other = start_portmgr(tmp_path / "other", ports="21201-21300")
     try:
         with PortAllocator("127.0.0.1", other.port, user="carol") as pa:
@@ -370,7 +405,8 @@ def test_list_asks_several_hosts_at_once_with_a_host_column(portmgr, held, tmp_p
         other.proc.stderr.close()
 
 
-def test_each_host_has_its_own_timeout_and_a_silent_one_hides_no_other(portmgr, held, capsys):
+def test_each_host_has_its_own_timeout_and_a_silent_one_hides_no_other(listing, capsys):
+    portmgr, held = listing
     silent = socket.create_server(("127.0.0.1", 0))      # accepts, never answers
     try:
         t0 = time.monotonic()

@@ -104,18 +104,6 @@ def test_open_async_failure_known_at_once_is_kept_through_the_constructor(loop):
 # ------------------------------------------------------------------ bounds
 
 @pytest.fixture
-def unixpair(loop):
-    """(channel, peer): a non-blocking Channel and the plain socket at the
-    other end of an AF_UNIX socketpair (blocking, 5 s timeout)."""
-    a, b = socket.socketpair()
-    b.settimeout(5)
-    ch = evloop.Channel(a, loop)
-    yield ch, b
-    ch.close(force=True)
-    b.close()
-
-
-@pytest.fixture
 def tcp(loop):
     """(channel, peer) on loopback TCP."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -128,8 +116,8 @@ def tcp(loop):
     peer.close()
 
 
-def test_gets_on_a_non_blocking_channel_calls_recv_once_at_most(unixpair):
-    ch, peer = unixpair
+def test_gets_on_a_non_blocking_channel_calls_recv_once_at_most(chpair):
+    ch, peer = chpair
     peer.sendall(b"x" * 100_000)          # fits the socketpair's buffer
 
     assert ch.gets() is None
@@ -139,16 +127,16 @@ def test_gets_on_a_non_blocking_channel_calls_recv_once_at_most(unixpair):
     assert ch.pending("input") == 100_000
 
 
-def test_read_on_a_non_blocking_channel_calls_recv_once_at_most(unixpair):
-    ch, peer = unixpair
+def test_read_on_a_non_blocking_channel_calls_recv_once_at_most(chpair):
+    ch, peer = chpair
     peer.sendall(b"y" * 100_000)
 
     assert ch.read() == "y" * 65536
     assert ch.read() == "y" * (100_000 - 65536)
 
 
-def test_gets_serves_a_buffered_line_without_recv(unixpair):
-    ch, peer = unixpair
+def test_gets_serves_a_buffered_line_without_recv(chpair):
+    ch, peer = chpair
     peer.sendall(b"one\ntwo\n")
     assert ch.gets() == "one"
     peer.sendall(b"three\n")
@@ -156,8 +144,8 @@ def test_gets_serves_a_buffered_line_without_recv(unixpair):
     assert ch.pending("input") == 0 or ch.pending("input") == 6
 
 
-def test_line_longer_than_the_limit_raises_and_stays_for_read(unixpair):
-    ch, peer = unixpair
+def test_line_longer_than_the_limit_raises_and_stays_for_read(chpair):
+    ch, peer = chpair
     ch.configure(limit=1000)
     peer.sendall(b"z" * 5000)
 
@@ -172,8 +160,8 @@ def test_line_longer_than_the_limit_raises_and_stays_for_read(unixpair):
     assert ch.gets() == "short"
 
 
-def test_a_complete_line_longer_than_the_limit_raises_too(unixpair):
-    ch, peer = unixpair
+def test_a_complete_line_longer_than_the_limit_raises_too(chpair):
+    ch, peer = chpair
     ch.configure(limit=10)
     peer.sendall(b"0123456789\n" + b"0123456789x\nok\n")
     assert ch.gets() == "0123456789"       # exactly the limit: fine
@@ -182,8 +170,8 @@ def test_a_complete_line_longer_than_the_limit_raises_too(unixpair):
     assert ch.read() == "0123456789x\nok\n"
 
 
-def test_no_limit_takes_any_line(unixpair):
-    ch, peer = unixpair
+def test_no_limit_takes_any_line(chpair):
+    ch, peer = chpair
     ch.configure(limit=None, blocking=True)
     sender = threading.Thread(target=peer.sendall, args=(b"q" * 3_000_000 + b"\n",))
     sender.start()
@@ -193,8 +181,8 @@ def test_no_limit_takes_any_line(unixpair):
         sender.join(5)
 
 
-def test_a_blocking_gets_stops_receiving_at_the_limit(unixpair):
-    ch, peer = unixpair
+def test_a_blocking_gets_stops_receiving_at_the_limit(chpair):
+    ch, peer = chpair
     ch.configure(limit=100_000, blocking=True)
     peer.sendall(b"w" * 150_000)           # no line end, peer stays open
     with pytest.raises(evloop.LineTooLong):
@@ -204,8 +192,8 @@ def test_a_blocking_gets_stops_receiving_at_the_limit(unixpair):
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, "10", True])
-def test_a_bad_limit_is_refused_and_changes_nothing(unixpair, bad):
-    ch, _ = unixpair
+def test_a_bad_limit_is_refused_and_changes_nothing(chpair, bad):
+    ch, _ = chpair
     with pytest.raises(ValueError):
         ch.configure(limit=bad)
     assert ch.configure()["limit"] == 1 << 20
@@ -287,15 +275,6 @@ def test_a_flooding_peer_costs_bounded_memory_and_never_stops_the_loop(loop, tcp
 def _reset(sock: socket.socket) -> None:
     """Close ``sock`` with an RST instead of a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-@pytest.fixture
-def refusing_port():
-    """A port on 127.0.0.1 that surely refuses: bound by us, never listening."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    yield sock.getsockname()[1]
     sock.close()
 
 
@@ -405,10 +384,10 @@ def test_a_connect_error_known_at_once_waits_for_error_after_gets(loop):
         ch.close()
 
 
-def test_read_reports_eof_on_the_call_after_the_last_characters(unixpair):
+def test_read_reports_eof_on_the_call_after_the_last_characters(chpair):
     # Tcl io-12.5: the read that returns the last characters does not see
     # the end yet; eof is reported on the next readable event.
-    ch, peer = unixpair
+    ch, peer = chpair
     peer.sendall(b"abc")
     peer.shutdown(socket.SHUT_WR)
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start_portmgr
+from conftest import ROOT, Peer, start_portmgr
 
 import evloop
 from portalloc import AsyncPortAllocator, PortAllocator, client
@@ -47,46 +47,6 @@ def needs_root_and(*tools: str) -> None:
 def as_nobody(*argv: str) -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
 
-
-class Peer:
-    """A blocking client connection reading ``\\r\\n`` replies."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def readline(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def ask(self, request: str) -> str:
-        self.sock.sendall(request.encode() + b"\n")
-        return self.readline().decode()
-
-    def list(self) -> list[list[str]]:
-        status, count = parse_list(self.ask("LIST"))
-        assert status == "OK"
-        return [parse_list(self.readline().decode()) for _ in range(int(count))]
-
-    def closed_by_server(self, timeout: float) -> bool:
-        """Wait until the server closes the connection (EOF or reset)."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-        except TimeoutError:
-            return False
-        except ConnectionResetError:
-            pass
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -465,12 +425,11 @@ class FakeManager:
         self.thread.start()
 
     def _serve(self) -> None:
-        self.listener.settimeout(0.1)
         while not self.done.is_set():
             try:
                 conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
+            except OSError:             # shut down by close()
+                return
             threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn: socket.socket) -> None:
@@ -489,8 +448,12 @@ class FakeManager:
 
     def close(self) -> None:
         self.done.set()
+        # shutdown() of a listening socket wakes the accept() blocked on it
+        # (EINVAL) at once; close() alone would not.
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.thread.join(2)
         self.listener.close()
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture

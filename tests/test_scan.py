@@ -321,11 +321,11 @@ def _flaky_open_async(monkeypatch, fail):
 
 @pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EAGAIN])
 def test_no_resources_requeues_the_target_and_gives_the_same_results(
-        lab, monkeypatch, code, autojump_loop):
+        lab, monkeypatch, code, jump_loop):
     spec = f"{lab.net}.0-12"            # one silent address among them
-    reference = sorted(scan(spec, lab.port, timeout=0.5, loop=autojump_loop))
+    reference = sorted(scan(spec, lab.port, timeout=0.5, loop=jump_loop))
     calls = _flaky_open_async(monkeypatch, lambda n: code if n % 3 == 0 else 0)
-    again = sorted(scan(spec, lab.port, timeout=0.5, concurrency=10, loop=autojump_loop))
+    again = sorted(scan(spec, lab.port, timeout=0.5, concurrency=10, loop=jump_loop))
     assert again == reference and calls[0] > 13
 
 
@@ -351,9 +351,9 @@ limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 sys.path.insert(0, "tests")
 import evloop
-from fakeclock import AUTOJUMP, FakeClock
+from fakeclock import FakeClock
 from scanner.scan import scan
-clock = FakeClock(autojump_threshold=AUTOJUMP)
+clock = FakeClock(autojump_threshold=0)         # loopback: nothing in flight to overtake
 loop = clock.attach(evloop.Loop(clock=clock))
 conc = None if sys.argv[4] == "none" else int(sys.argv[4])
 for r in scan(sys.argv[2], int(sys.argv[3]), timeout=float(sys.argv[5]), concurrency=conc,
@@ -363,9 +363,9 @@ for r in scan(sys.argv[2], int(sys.argv[3]), timeout=float(sys.argv[5]), concurr
 
 
 @pytest.mark.parametrize("concurrency", ["none", "1000"])
-def test_low_descriptor_limit_gives_exactly_the_unconstrained_results(lab, concurrency, autojump_loop):
+def test_low_descriptor_limit_gives_exactly_the_unconstrained_results(lab, concurrency, jump_loop):
     target = f"{lab.net}.0/24"
-    reference = sorted(list(r) for r in scan(target, lab.port, timeout=0.5, loop=autojump_loop))
+    reference = sorted(list(r) for r in scan(target, lab.port, timeout=0.5, loop=jump_loop))
     out = subprocess.run([sys.executable, "-c", _CHILD, "64", target, str(lab.port), concurrency, "0.5"],
                          capture_output=True, text=True, timeout=30, cwd=ROOT, check=True)
     constrained = sorted(json.loads(line) for line in out.stdout.splitlines())

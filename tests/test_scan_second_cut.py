@@ -13,7 +13,6 @@ import importlib.util
 import itertools
 import json
 import os
-import random
 import shutil
 import socket
 import struct
@@ -37,90 +36,6 @@ from scanner.targets import Targets, iter_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(30)
-
-
-class FakeClock:
-    """A clock that jumps to the next deadline whenever the loop would
-    sleep (trio's autojump): timeouts pass at once in real time."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def deadline_to_sleep_time(self, deadline: float) -> float:
-        if deadline > self.now:
-            self.now = deadline
-        return 0.0
-
-
-def run_until(loop: evloop.Loop, predicate, real_seconds: float = 5.0) -> None:
-    """Run a fake-clock loop until ``predicate()``; the deadline is real
-    time (a timer would be jumped over by the fake clock)."""
-    deadline = time.monotonic() + real_seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        loop.run_once(0.05)
-
-
-@pytest.fixture
-def fake_loop():
-    lp = evloop.Loop(clock=FakeClock())
-    previous = evloop.set_loop(lp)
-    yield lp
-    evloop.set_loop(previous)
-    lp.close()
-
-
-def _addr() -> str:
-    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-
-
-class Ports:
-    """Listeners and closed ports on one loopback address: ``listen(n)``
-    gives n listening sockets, ``closed(n)`` n ports bound but not
-    listening (refused), ``silent()`` a port whose accept queue is full
-    (SYNs dropped: a timeout)."""
-
-    def __init__(self) -> None:
-        self.host = _addr()
-        self.socks: list[socket.socket] = []
-
-    def _bound(self) -> socket.socket:
-        s = socket.socket()
-        self.socks.append(s)
-        s.bind((self.host, 0))
-        return s
-
-    def listen(self, n: int = 1) -> list[socket.socket]:
-        out = []
-        for _ in range(n):
-            s = self._bound()
-            s.listen(16)
-            out.append(s)
-        return out
-
-    def closed(self, n: int = 1) -> list[int]:
-        return [self._bound().getsockname()[1] for _ in range(n)]
-
-    def silent(self) -> int:
-        s = self._bound()
-        s.listen(0)
-        filler = socket.create_connection(s.getsockname(), timeout=5)
-        self.socks.append(filler)
-        return s.getsockname()[1]
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-
-
-@pytest.fixture
-def ports():
-    p = Ports()
-    yield p
-    p.close()
 
 
 def _reset(listener: socket.socket) -> None:
@@ -162,27 +77,27 @@ def test_port_that_accepts_and_resets_at_once_is_open_5_of_5(ports, loop, extra_
 
 # ------------------------------------------------------------ the loop's clock
 
-def test_timeouts_and_elapsed_follow_the_loops_clock(ports, fake_loop):
+def test_timeouts_and_elapsed_follow_the_loops_clock(ports, jump_loop):
     # A 30 s timeout on a fake clock: over at once in real time, and the
     # scanner's own measure of time (elapsed) is the loop's.
     silent = ports.silent()
     started = time.monotonic()
-    results = list(scan(ports.host, silent, timeout=30.0, loop=fake_loop))
+    results = list(scan(ports.host, silent, timeout=30.0, loop=jump_loop))
     assert [r.state for r in results] == ["timeout"]
     assert time.monotonic() - started < 2.0
-    s = Scanner(ports.host, silent, timeout=30.0, loop=fake_loop)
+    s = Scanner(ports.host, silent, timeout=30.0, loop=jump_loop)
     s.start()
-    run_until(fake_loop, lambda: s.finished)
+    wait_for(jump_loop, lambda: s.finished)
     assert 30.0 <= s.elapsed < 30.1
 
 
-def test_rate_limit_spaces_the_connects_on_the_loops_clock(ports, fake_loop):
+def test_rate_limit_spaces_the_connects_on_the_loops_clock(ports, jump_loop):
     closed = ports.closed(21)
     starts: list[float] = []
-    s = Scanner(ports.host, closed, timeout=1.0, loop=fake_loop, rate=10,
-                on_result=lambda r: starts.append(fake_loop.time()))
+    s = Scanner(ports.host, closed, timeout=1.0, loop=jump_loop, rate=10,
+                on_result=lambda r: starts.append(jump_loop.time()))
     s.start()
-    run_until(fake_loop, lambda: s.finished)
+    wait_for(jump_loop, lambda: s.finished)
     assert s.done == 21 and s.counts["refused"] == 21
     # 21 connects at 10 a second: the last starts 2 s after the first.
     assert 1.98 <= s.elapsed <= 2.05
@@ -214,8 +129,10 @@ def test_a_high_rate_is_reached_although_timers_wake_late(ports, loop):
 # ------------------------------------------------------------- local shortage
 
 _NETNS_CHILD = r"""
-import json, socket, struct, subprocess, sys, time
+import json, socket, struct, subprocess, sys
+sys.path.insert(0, "tests")
 import evloop
+from fakeclock import FakeClock
 from scanner import Scanner
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 # One usable local port for connects: a second connect to the same
@@ -226,20 +143,14 @@ L = socket.socket(); L.bind(("127.0.0.1", 0)); L.listen(16)
 P = L.getsockname()[1]
 held = socket.create_connection(("127.0.0.1", P))
 
-class Fake:
-    now = 0.0
-    def __call__(self): return self.now
-    def deadline_to_sleep_time(self, d):
-        self.now = max(self.now, d); return 0.0
-
 mode = sys.argv[1]
-loop = evloop.Loop(clock=Fake() if mode == "never" else None)
+clock = FakeClock(autojump_threshold=0)     # retries and timeouts pass at once
+loop = clock.attach(evloop.Loop(clock=clock))
 seen = []
 s = Scanner("127.0.0.1", P, timeout=2.0, loop=loop, on_result=seen.append)
 s.start()
 if mode == "later":
-    end = time.monotonic() + 0.2
-    while time.monotonic() < end:
+    while loop.time() < 0.2:                # ten retries find no local port
         loop.run_once(0.02)
     print(json.dumps({"waiting": [s.done, s.finished]}))
     held.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -281,16 +192,13 @@ def test_no_local_port_with_nothing_in_flight_stops_the_scan_instead_of_spinning
 
 _NOFILE_CHILD = r"""
 import os, resource, sys
+sys.path.insert(0, "tests")
 import evloop
+from fakeclock import FakeClock
 from scanner import scan
 
-class Fake:                         # the second of waiting passes at once
-    now = 0.0
-    def __call__(self): return self.now
-    def deadline_to_sleep_time(self, d):
-        self.now = max(self.now, d); return 0.0
-
-loop = evloop.Loop(clock=Fake())
+clock = FakeClock(autojump_threshold=0)     # the second of waiting passes at once
+loop = clock.attach(evloop.Loop(clock=clock))
 used = len(os.listdir("/proc/self/fd")) - 1     # less listdir's own
 resource.setrlimit(resource.RLIMIT_NOFILE, (used, used))
 try:
@@ -443,14 +351,14 @@ def test_banner_is_what_the_port_says_first(ports, loop):
     assert plain[0].banner is None
 
 
-def test_a_quiet_port_gives_an_empty_banner_after_the_banner_timeout(ports, fake_loop):
+def test_a_quiet_port_gives_an_empty_banner_after_the_banner_timeout(ports, jump_loop):
     [listener] = ports.listen()              # accepted by the kernel, never answered
-    s = Scanner(ports.host, listener.getsockname()[1], timeout=1.0, loop=fake_loop,
+    s = Scanner(ports.host, listener.getsockname()[1], timeout=1.0, loop=jump_loop,
                 banner=True, banner_timeout=5.0)
     got: list = []
     s.on_result = got.append
     s.start()
-    run_until(fake_loop, lambda: s.finished)
+    wait_for(jump_loop, lambda: s.finished)
     assert [(r.state, r.banner) for r in got] == [("open", "")]
     assert 5.0 <= s.elapsed < 5.1
 
@@ -523,7 +431,7 @@ def test_testnet_shards_with_randomize_match_the_truth(tnet, testnet_module):
 
 @pytest.mark.parametrize("own_epoll", [True, False])
 def test_probes_watched_by_their_own_epoll_or_per_channel_give_the_same_answers(
-        ports, loop, monkeypatch, own_epoll):
+        ports, jump_loop, monkeypatch, own_epoll):
     # Linux: the probes share one epoll the loop watches (see scanner.scan);
     # elsewhere, or without a descriptor for it, each channel has its own
     # writable fileevent.  Both must classify alike.
@@ -534,6 +442,6 @@ def test_probes_watched_by_their_own_epoll_or_per_channel_give_the_same_answers(
     closed = ports.closed(20)
     silent = ports.silent()
     spec = [listener.getsockname()[1], silent, *closed]
-    results = list(scan(ports.host, spec, timeout=0.3, loop=loop, concurrency=8))
+    results = list(scan(ports.host, spec, timeout=0.3, loop=jump_loop, concurrency=8))
     assert Counter(r.state for r in results) == Counter(open=1, refused=20, timeout=1)
-    assert loop.after_info() == []
+    assert jump_loop.after_info() == []

@@ -11,16 +11,16 @@ import json
 import os
 import pty
 import resource
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from conftest import Lab
+from conftest import FakeClock, Lab, read_until
 
+import evloop
 from scanner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,30 @@ def lab():
     lb.close()
 
 
+@pytest.fixture
+def evscan(monkeypatch, capsys):
+    """``evscan(args)`` runs the command line's ``main`` in this process, on
+    a FakeClock that jumps at once (loopback: no connect is ever in flight
+    when it jumps), and gives its status and output as ``_run`` does: for
+    the tests of what a scan prints and returns.  What only a process shows
+    (signals, the interpreter's exit, closed pipes, limits) runs ``_run``."""
+    real_loop = evloop.Loop
+
+    def fake_clock_loop() -> evloop.Loop:
+        clock = FakeClock(autojump_threshold=0)
+        return clock.attach(real_loop(clock=clock))
+
+    monkeypatch.setattr(evloop, "Loop", fake_clock_loop)
+
+    def run(args):
+        capsys.readouterr()
+        status = main(args)
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=status, stdout=out, stderr=err)
+
+    return run
+
+
 def _run(args, **kw):
     kw.setdefault("timeout", 30)
     if "stdout" not in kw:
@@ -46,8 +70,8 @@ def _run(args, **kw):
 
 # --------------------------------------------------------------- exit status
 
-def test_open_port_found_exits_0_and_prints_one_line_per_result(lab):
-    r = _run([f"{lab.net}.0-7", "-p", str(lab.port), "--timeout", "1"])
+def test_open_port_found_exits_0_and_prints_one_line_per_result(lab, evscan):
+    r = evscan([f"{lab.net}.0-7", "-p", str(lab.port), "--timeout", "1"])
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 8
@@ -58,22 +82,22 @@ def test_open_port_found_exits_0_and_prints_one_line_per_result(lab):
     assert "8 of 8 scanned" in r.stderr and "2 open, 6 refused" in r.stderr
 
 
-def test_nothing_open_exits_1(lab):
-    r = _run([f"{lab.net}.20-30", "-p", str(lab.port)])
+def test_nothing_open_exits_1(lab, evscan):
+    r = evscan([f"{lab.net}.20-30", "-p", str(lab.port)])
     assert r.returncode == 1, r.stderr
     assert all(line.split()[1] == "refused" for line in r.stdout.splitlines())
 
 
-def test_open_only_prints_open_ports_only(lab):
-    r = _run([f"{lab.net}.0/24", "-p", str(lab.port), "--open-only", "--timeout", "0.3"])
+def test_open_only_prints_open_ports_only(lab, evscan):
+    r = evscan([f"{lab.net}.0/24", "-p", str(lab.port), "--open-only", "--timeout", "0.3"])
     assert r.returncode == 0
     assert sorted(line.split()[0] for line in r.stdout.splitlines()) == sorted(
         f"{lab.addr(n)}:{lab.port}" for n in OPEN)
     assert "256 of 256 scanned" in r.stderr and "4 timeout" in r.stderr
 
 
-def test_json_every_stdout_line_is_an_object_with_a_summary_last(lab):
-    r = _run([f"{lab.net}.0/28", "-p", str(lab.port), "--json", "--timeout", "0.3",
+def test_json_every_stdout_line_is_an_object_with_a_summary_last(lab, evscan):
+    r = evscan([f"{lab.net}.0/28", "-p", str(lab.port), "--json", "--timeout", "0.3",
               "--exclude", lab.addr(0)])
     assert r.returncode == 0
     objs = [json.loads(line) for line in r.stdout.splitlines()]
@@ -91,8 +115,8 @@ def test_json_every_stdout_line_is_an_object_with_a_summary_last(lab):
     assert r.stderr == ""
 
 
-def test_base_and_port_as_in_scan_tcl(lab):
-    r = _run([lab.net, str(lab.port), "--open-only", "--timeout", "0.3"])
+def test_base_and_port_as_in_scan_tcl(lab, evscan):
+    r = evscan([lab.net, str(lab.port), "--open-only", "--timeout", "0.3"])
     assert r.returncode == 0
     assert len(r.stdout.splitlines()) == 3
 
@@ -147,20 +171,6 @@ def test_installed_command_names_itself_evscan(capsys):
 
 # ---------------------------------------------------------------- Ctrl-C
 
-def _read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while needle not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"{needle!r} not seen in {data!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"EOF before {needle!r}: {data!r}"
-            data += chunk
-    return data
-
-
 def test_sigint_stops_cleanly_with_what_was_found_and_exits_130(lab):
     # Silent addresses with a long timeout keep the scan busy; the open
     # ones answer at once and are printed (flushed) before the signal.
@@ -169,7 +179,7 @@ def test_sigint_stops_cleanly_with_what_was_found_and_exits_130(lab):
          "--timeout", "30", "--open-only"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = _read_until(proc.stdout.fileno(), f"{lab.addr(9)}:{lab.port}".encode())
+        seen = read_until(proc.stdout.fileno(), f"{lab.addr(9)}:{lab.port}".encode())
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -187,7 +197,7 @@ def test_sigint_on_the_test_subnet_exits_130(tnet):
                         "--timeout", "30", "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = _read_until(proc.stdout.fileno(), b'"open"')
+        seen = read_until(proc.stdout.fileno(), b'"open"')
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -211,7 +221,7 @@ def test_progress_line_only_on_a_terminal(lab):
     try:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
-        err = _read_until(master, b"scanned in")
+        err = read_until(master, b"scanned in")
         proc.communicate(timeout=10)
     finally:
         os.close(master)
@@ -257,8 +267,8 @@ _ON_FAKE_CLOCK = """
 import runpy, sys
 sys.path.insert(0, sys.argv.pop(1))
 import evloop
-from fakeclock import AUTOJUMP, FakeClock
-clock = FakeClock(autojump_threshold=AUTOJUMP)
+from fakeclock import FakeClock
+clock = FakeClock(autojump_threshold=0)         # loopback: nothing in flight to overtake
 evloop.set_loop(clock.attach(evloop.Loop(clock=clock)))
 del sys.argv[0]
 runpy.run_path(sys.argv[0], run_name="__main__")

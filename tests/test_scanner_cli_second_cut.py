@@ -24,45 +24,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import read_until
 
 from scanner.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(30)
-
-
-class Ports:
-    def __init__(self) -> None:
-        self.host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-        self.socks: list[socket.socket] = []
-
-    def _bound(self, host: str | None = None) -> socket.socket:
-        s = socket.socket()
-        self.socks.append(s)
-        s.bind((host or self.host, 0))
-        return s
-
-    def listen(self, n: int = 1, host: str | None = None) -> list[socket.socket]:
-        out = []
-        for _ in range(n):
-            s = self._bound(host)
-            s.listen(64)
-            out.append(s)
-        return out
-
-    def closed(self, n: int = 1) -> list[int]:
-        return [self._bound().getsockname()[1] for _ in range(n)]
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-
-
-@pytest.fixture
-def ports():
-    p = Ports()
-    yield p
-    p.close()
 
 
 def _run(args, **kw):
@@ -158,20 +125,6 @@ def test_ports_that_accept_and_reset_are_open_in_a_multi_port_scan(ports, mode, 
 
 # ---------------------------------------------------------------- SIGTERM
 
-def _read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while needle not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"{needle!r} not seen in {data!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"EOF before {needle!r}: {data!r}"
-            data += chunk
-    return data
-
-
 @pytest.mark.parametrize("as_json", [False, True])
 def test_sigterm_stops_cleanly_with_a_summary_and_exits_143(ports, as_json):
     [listener] = ports.listen()
@@ -186,7 +139,7 @@ def test_sigterm_stops_cleanly_with_a_summary_and_exits_143(ports, as_json):
          "--open-only"] + (["--json"] if as_json else []),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = _read_until(proc.stdout.fileno(), b"open")
+        seen = read_until(proc.stdout.fileno(), b"open")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     finally:

@@ -20,69 +20,13 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, start_original_portmgr, start_portmgr
+from conftest import ROOT, Peer, start_original_portmgr, start_portmgr
 
 from portalloc.pool import probe_port
 from portalloc.protocol import format_list, parse_list
 from portalloc.server import PortManagerServer, is_loopback
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Peer:
-    """A blocking client connection that reads ``\\r\\n``-terminated replies."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None,
-                 timeout: float = 10.0) -> None:
-        src = (source, 0) if source else None
-        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=src)
-        self.buf = b""
-
-    def send(self, data: bytes | str) -> None:
-        if isinstance(data, str):
-            data = data.encode("utf-8", "surrogatepass")
-        self.sock.sendall(data)
-
-    def readline(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def ask(self, request: str) -> str:
-        self.send(request + "\n")
-        return self.readline().decode("utf-8", "surrogatepass")
-
-    def gimme(self, app: str, user: str = "fox") -> int:
-        reply = self.ask(format_list(("GIMME", app, user)))
-        status, port = parse_list(reply)
-        assert status == "OK", reply
-        return int(port)
-
-    def list(self) -> list[list[str]]:
-        self.send("LIST\n")
-        status, count = parse_list(self.readline().decode())
-        assert status == "OK"
-        return [parse_list(self.readline().decode()) for _ in range(int(count))]
-
-    def rest_until_closed(self) -> bytes:
-        """Everything the server still sends, up to its close (EOF or reset)."""
-        data = self.buf
-        self.buf = b""
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                return data
-            if not chunk:
-                return data
-            data += chunk
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def held_ports(pm) -> set[int]:

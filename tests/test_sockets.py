@@ -45,15 +45,6 @@ def listener():
     sock.close()
 
 
-@pytest.fixture
-def refusing_port():
-    """A port on 127.0.0.1 that surely refuses: bound by us, never listening."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    yield sock.getsockname()[1]
-    sock.close()
-
-
 def _writable(loop, ch, timeout=5.0):
     """Run the loop until ``ch``'s writable handler fires; remove it after."""
     fired = evloop.Var()
