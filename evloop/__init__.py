@@ -95,3 +95,14 @@ def run() -> None:
 def stop() -> None:
     """`Loop.stop` on the calling thread's loop."""
     get_loop().stop()
+
+
+def __getattr__(name: str) -> Any:
+    # ``evloop.__version__`` is looked up on first use: finding out whether
+    # the distribution is installed costs a look at sys.path, which a
+    # program that never asks should not pay.
+    if name == "__version__":
+        from ._version import version
+        value = globals()["__version__"] = version()
+        return value
+    raise AttributeError(f"module 'evloop' has no attribute {name!r}")

@@ -34,9 +34,9 @@ against.
 
 from __future__ import annotations
 
-from ._version import version as _version
+import evloop
 
-__version__ = _version()
+__version__: str = evloop.__version__     # one distribution, one version
 
 from .client import (  # noqa: E402
                      Allocation,

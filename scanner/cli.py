@@ -37,8 +37,6 @@ __all__ = ["main", "EXIT_NO_SOCKET"]
 
 #: Exit status when not even one socket could be had.
 EXIT_NO_SOCKET = 3
-# Used when the distribution's metadata is not installed (a checkout).
-_VERSION = "0.1.0"
 
 _EPILOG = """\
 targets:
@@ -78,17 +76,6 @@ exit status: 0 open port found, 1 none found, 2 usage error, 130 interrupted
 """
 
 _PROGRESS_SECONDS = 0.25
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-        try:
-            return version("evloop")
-        except PackageNotFoundError:
-            return _VERSION
-    except ImportError:                 # pragma: no cover
-        return _VERSION
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,7 +142,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--open-only", action="store_true", help="print open ports only")
     p.add_argument("--json", action="store_true",
                    help="JSON Lines on stdout: results, then a summary object")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {evloop.__version__}")
     return p
 
 

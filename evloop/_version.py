@@ -1,4 +1,5 @@
-"""The version of the distribution (``evloop``), installed or not."""
+"""The version of the distribution (``evloop``, which holds evloop,
+portalloc and scanner), installed or not: ``evloop.__version__``."""
 
 from __future__ import annotations
 
