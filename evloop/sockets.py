@@ -10,8 +10,9 @@ Either way the channel's writable handler fires and ``ch.error()`` returns
 the error once -- a failed socket polls writable (and hung up), so the same
 epoll wakeup serves both paths.  Only a failure to make the attempt at all
 raises: no socket could be made (EMFILE, a bad address family), or the
-kernel had no resources for the connect (EAGAIN when local ports run out,
-ENOBUFS, ENOMEM), so a caller can wait and retry.
+kernel had no resources for the connect (EADDRNOTAVAIL when a TCP socket
+finds no free local port, EAGAIN when a Unix one or the route cache is
+full, ENOBUFS, ENOMEM), so a caller can wait and retry.
 
 ``server`` follows CREATE.SERVER.SOCKET: an IPv4 address (IPv4 peers only),
 an IPv6 address (IPv6 peers only), a host name (resolved), ``""`` (one
@@ -36,7 +37,8 @@ from .loop import Loop, get_loop
 __all__ = ["open_async", "open", "server", "Server"]
 
 # connect() errors that mean "could not try now", raised rather than kept.
-_NO_RESOURCES = {errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+_NO_RESOURCES = {errno.EADDRNOTAVAIL, errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM,
+                 errno.EMFILE, errno.ENFILE}
 # accept() errors of a full descriptor table or memory: pause, then retry.
 _ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_PAUSE_MS = 100

@@ -807,3 +807,46 @@ def test_cancelling_the_soonest_of_a_burst_only_costs_an_empty_pass(fake):
         loop.after_cancel(timer)
     loop.update()
     assert loop.backend_timeout() is None
+
+
+# ------------------------------------------- no local port: raised, not kept
+
+_NO_PORT_CHILD = r"""
+import errno, socket, subprocess, sys
+import evloop
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+# Two local ports for connects; held connections take them, and the next
+# connect to the same destination finds none (EADDRNOTAVAIL).
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("40000 40001\n")
+L = socket.socket(); L.bind(("127.0.0.1", 0)); L.listen(16)
+held = []
+while True:
+    try:
+        held.append(evloop.open_async("127.0.0.1", L.getsockname()[1]))
+    except OSError as exc:
+        print(exc.errno, len(held))
+        break
+    if len(held) > 10:
+        print("no error", len(held))
+        break
+"""
+
+
+@pytest.mark.timeout(20)
+def test_open_async_raises_when_no_local_port_is_free():
+    # A shortage says nothing of the target: the caller must be able to
+    # wait and retry, so it is raised, not kept for error() like a refusal.
+    import os
+    import sys
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private network namespace")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    r = subprocess.run(["unshare", "-n", sys.executable, "-c", _NO_PORT_CHILD],
+                       capture_output=True, text=True, timeout=15, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    if r.returncode != 0 and "unshare" in r.stderr:
+        pytest.skip(f"no private network namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    code, opened = r.stdout.split()
+    assert code == str(errno.EADDRNOTAVAIL) and 1 <= int(opened) <= 2
