@@ -86,6 +86,7 @@ _IN, _OUT = 1, 4                        # EPOLLIN, EPOLLOUT
 _READY_READ = ~_OUT                     # input, error, hang-up
 _READY_WRITE = ~_IN                     # output, error, hang-up
 _EVENTS = {"readable": _READ, "writable": _WRITE}
+_SOCKET = socket.socket
 # The longest one select() may sleep: epoll takes an int of milliseconds
 # (2**31 ms is about 25 days); a later deadline is slept towards in steps.
 _MAX_SLEEP = 86400.0
@@ -134,18 +135,15 @@ class _Poller:
         self.poll = self._epoll.poll
         self.fileno = self._epoll.fileno
         self.close = self._epoll.close
+        # OSError for a descriptor closed behind the loop's back, which the
+        # kernel has dropped from epoll already: the loop ignores it.
+        self.unregister = self._epoll.unregister
 
     def register(self, fd: int, events: int, data: Any = None) -> None:
         self._epoll.register(fd, self._BITS[events])
 
     def modify(self, fd: int, events: int, data: Any = None) -> None:
         self._epoll.modify(fd, self._BITS[events])
-
-    def unregister(self, fd: int) -> None:
-        try:
-            self._epoll.unregister(fd)
-        except OSError:
-            pass            # closed behind the loop's back: epoll has let go
 
 
 class _SelectorPoller:
@@ -283,7 +281,7 @@ class Loop(Timers):
         pass still gets the event that pass reported for it.
         """
         kind = type(ch)
-        if kind is socket.socket:
+        if kind is _SOCKET:
             fd = ch.fileno()
         elif kind is int:
             fd = ch
@@ -420,7 +418,7 @@ class Loop(Timers):
         happens if ``ch`` has no handlers.
         """
         kind = type(ch)
-        if kind is socket.socket:
+        if kind is _SOCKET:
             fd = ch.fileno()
         elif kind is int:
             fd = ch
@@ -438,11 +436,12 @@ class Loop(Timers):
         watch = self._watches.pop(fd, None)
         if watch is None:
             return
-        # The poller swallows the OSError of an fd closed behind our back
-        # (the kernel has dropped it from epoll already).
+        # An fd closed behind our back: the kernel has dropped it from epoll
+        # already (OSError; selectors swallows that, and raises KeyError
+        # for an fd it lost on a failed modify).
         try:
             self._selector.unregister(fd)
-        except (KeyError, ValueError):
+        except (OSError, KeyError, ValueError):
             pass
         # Dead: a pass in progress that still holds it calls nothing.
         watch.fd = -1
