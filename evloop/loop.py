@@ -268,10 +268,10 @@ class Loop(Timers):
         run on the loop it was made with).  ``event`` is ``"readable"`` or
         ``"writable"``.  Raises ValueError for any other event name and for
         a closed channel or socket, TypeError for a handler that is not
-        callable, and OSError if the selector refuses the descriptor (a
+        callable, and OSError if the poller refuses the descriptor (a
         regular file, say); nothing is changed then.  (A descriptor the
         loop already watches is told of changes before the next poll; if
-        the selector has lost it by then, closed behind the loop's back,
+        the poller has lost it by then, closed behind the loop's back,
         its handlers are dropped and the OSError goes to bgerror.)
 
         Remove the handlers of a socket or descriptor before closing it
@@ -349,7 +349,7 @@ class Loop(Timers):
         return None
 
     def _register(self, watch: _Watch) -> None:
-        """Register a new watch with the selector and keep it.
+        """Register a new watch with the poller and keep it.
 
         At once rather than before the next pass, so that a descriptor the
         selector refuses (a regular file) raises OSError from `fileevent`,
@@ -368,7 +368,7 @@ class Loop(Timers):
         Tcl's notifier and libuv: a handler that swaps its writable handler
         for a readable one costs one ``modify`` rather than an unregister
         and a register, and one that sets and removes costs nothing.  Until
-        then the selector may report an event that no handler wants any
+        then the poller may report an event that no handler wants any
         more, and the pass finds nothing to call.
 
         An integer is the exception: it can be closed and its number reused
@@ -383,8 +383,8 @@ class Loop(Timers):
             self._changed.add(watch)
 
     def _apply_changes(self) -> None:
-        """Tell the selector what the changed watches want now; a watch
-        that wants nothing is dropped.  A descriptor the selector no longer
+        """Tell the poller what the changed watches want now; a watch
+        that wants nothing is dropped.  A descriptor the poller no longer
         knows (closed behind the loop's back, its handlers still set) is
         dropped too, and the OSError reported."""
         changed = self._changed
@@ -410,7 +410,7 @@ class Loop(Timers):
         """Remove both handlers of ``ch`` at once (Tcl's
         ``Tcl_DeleteFileHandler``).
 
-        For a socket or descriptor the selector lets go of it now, rather
+        For a socket or descriptor the poller lets go of it now, rather
         than before the next poll as ``fileevent(ch, event, None)`` has it:
         call this just before closing a socket yourself, and the close
         costs the kernel no epoll bookkeeping.  An object that keeps its
