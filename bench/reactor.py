@@ -10,8 +10,10 @@ question: what does evloop's reactor cost per event, compared with
   programmer already has, and
 - a minimal loop written in this file (``selectors.DefaultSelector``, a
   ``heapq`` of lists, a deque): no framework, no handles, no error
-  routing.  It is the practical floor for a pure-Python reactor; evloop
-  cannot beat it by much, and should not trail it by much either.
+  routing.  It is the practical floor for a pure-Python reactor built on
+  ``selectors``; evloop should not trail it.  (evloop polls epoll
+  directly, without ``selectors``' key objects, which is most of its lead
+  on the file-event workloads.)
 
 Workloads (counts at ``--scale 1``; ops/s = completed operations per
 second of wall time, measured with ``time.perf_counter``; ``--clock cpu``

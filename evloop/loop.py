@@ -1,4 +1,4 @@
-"""The reactor: one selector, a table of file events, timers and idle callbacks.
+"""The reactor: one poller (epoll), a table of file events, timers and idle callbacks.
 
 How a pass of the loop works
 ----------------------------
@@ -10,19 +10,22 @@ pass does the same things, in this order:
    deadline (or for ever, or the caller's ``timeout``), but never more than
    a day at once: epoll takes an int of milliseconds, and a later deadline
    is simply slept towards again on the next pass.
-2. Tell the selector what the handlers set or removed since the last
+2. Tell the poller what the handlers set or removed since the last
    pass now want, one change per descriptor however many ``fileevent``
-   calls led to it (as Tcl's notifier and libuv do); then ask it (epoll on
-   Linux) which descriptors are ready.  epoll reports an error or a
-   hang-up even when it was not asked to: the selector passes it on as
-   readable and writable, so the handler that is set runs, and finds the
-   error when it reads or writes (or asks ``ch.error()``).
+   calls led to it (as Tcl's notifier and libuv do); then ask it which
+   descriptors are ready.  The poller is epoll itself on Linux (``selectors``
+   elsewhere): the loop keeps its own table of descriptors, so it needs
+   none of the key objects ``selectors`` builds per ready event.  epoll
+   reports an error or a hang-up even when it was not asked to: the loop
+   takes it as readable and writable, so the handler that is set runs, and
+   finds the error when it reads or writes (or asks ``ch.error()``).
 3. Call the file-event handlers of the ready descriptors.  Each handler is
-   looked up at the moment it is called, through the registration (the
-   *watch*) that the event came with: a handler removed earlier in the same
-   pass does not run, and once a descriptor is closed its watch is dead, so
-   a new socket that gets the same number never receives events meant for
-   the old one.
+   looked up at the moment it is called, in the loop's table of
+   registrations (*watches*): a handler removed earlier in the same pass
+   does not run, and a descriptor closed in this pass has no watch any
+   more; one registered since the poll (a new socket that got the number of
+   one closed in this pass) is skipped, so it never receives events meant
+   for the old one.
 4. Run the timers that were due when this step began (one made now, even
    ``after 0``, waits for the next pass).
 5. Run the callbacks queued from other threads before step 4 began.
@@ -59,6 +62,7 @@ that was waiting: what was due and did not run yet runs on the next pass.
 
 from __future__ import annotations
 
+import select
 import selectors
 import signal as _signal
 import socket
@@ -76,7 +80,13 @@ __all__ = ["Loop", "Var", "get_loop", "set_loop"]
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+# The bits of a ready descriptor as the poller reports them (epoll's): an
+# error or hang-up (neither asked for) counts as readable and writable.
+_IN, _OUT = 1, 4                        # EPOLLIN, EPOLLOUT
+_READY_READ = ~_OUT                     # input, error, hang-up
+_READY_WRITE = ~_IN                     # output, error, hang-up
 _EVENTS = {"readable": _READ, "writable": _WRITE}
+_SOCKET = socket.socket
 # The longest one select() may sleep: epoll takes an int of milliseconds
 # (2**31 ms is about 25 days); a later deadline is slept towards in steps.
 _MAX_SLEEP = 86400.0
@@ -107,20 +117,76 @@ class Var:
         return f"Var({self._value!r})"
 
 
+class _Poller:
+    """The loop's poller: epoll itself, with ``selectors``' register /
+    modify / unregister calls (masks of EVENT_READ and EVENT_WRITE) but none
+    of its bookkeeping.  ``selectors`` keeps a key object per descriptor and
+    builds one per ready event, in Python; the loop keeps its own table
+    (``_watches``), so here ``poll`` hands back epoll's ``(fd, bits)``
+    pairs as they are, and the loop looks the watch up itself.
+    """
+
+    _BITS = (0, _IN, _OUT, _IN | _OUT)      # selectors' mask -> epoll's
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        # poll(seconds) with -1 for no timeout; epoll rounds a timeout up
+        # to a whole millisecond itself, as selectors does.
+        self.poll = self._epoll.poll
+        self.fileno = self._epoll.fileno
+        self.close = self._epoll.close
+        # OSError for a descriptor closed behind the loop's back, which the
+        # kernel has dropped from epoll already: the loop ignores it.
+        self.unregister = self._epoll.unregister
+
+    def register(self, fd: int, events: int, data: Any = None) -> None:
+        self._epoll.register(fd, self._BITS[events])
+
+    def modify(self, fd: int, events: int, data: Any = None) -> None:
+        self._epoll.modify(fd, self._BITS[events])
+
+
+class _SelectorPoller:
+    """The same calls on ``selectors.DefaultSelector``, where there is no
+    epoll (kqueue, poll, select): its events are turned into epoll's bits."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self.close = self._selector.close
+
+    def fileno(self) -> int:
+        return self._selector.fileno()      # (poll and select have none)
+
+    def register(self, fd: int, events: int, data: Any = None) -> None:
+        self._selector.register(fd, events)
+
+    def modify(self, fd: int, events: int, data: Any = None) -> None:
+        self._selector.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        ready = self._selector.select(None if timeout < 0 else timeout)
+        return [(key.fd, (_IN if mask & _READ else 0) | (_OUT if mask & _WRITE else 0))
+                for key, mask in ready]
+
+
 class _Watch:
-    """The file events of one open descriptor: the selector's ``data``.
+    """The file events of one open descriptor: an entry of ``Loop._watches``.
 
     A new _Watch is made, and registered at once, each time a descriptor
     goes from "no handlers" to "some"; when the descriptor is forgotten the
-    old one is made dead (``fd = -1``, no handlers).  Events carry the
-    _Watch they were registered with, so an event that arrives for a
-    forgotten descriptor finds nothing to call.  ``mask`` is what the
-    selector was last told; it catches up with the handlers before the
-    next ``select()`` (see `Loop._apply_changes`).
+    old one leaves the table and is made dead (``fd = -1``, no handlers), so
+    an event of this pass for it finds nothing to call.  ``born`` is the
+    loop's poll count at registration: a watch is given no event from a
+    poll made before it existed.  ``mask`` is what the poller was last
+    told; it catches up with the handlers before the next poll (see
+    `Loop._apply_changes`).
     """
 
     __slots__ = ("fd", "owner", "reader", "reader_args",
-                 "writer", "writer_args", "mask")
+                 "writer", "writer_args", "mask", "born")
 
     def __init__(self, fd: int, owner: Any) -> None:
         self.fd = fd
@@ -130,6 +196,7 @@ class _Watch:
         self.writer: Callable[..., Any] | None = None
         self.writer_args: tuple = ()
         self.mask = 0               # what the selector was last told to watch
+        self.born = 0               # the loop's poll count when registered
 
     def wanted(self) -> int:
         """The events the handlers need now."""
@@ -145,7 +212,8 @@ def _default_bgerror(exc: BaseException) -> None:
 
 
 class Loop(Timers):
-    """A Tcl-style event loop on ``selectors.DefaultSelector``.
+    """A Tcl-style event loop on epoll (``selectors.DefaultSelector`` where
+    there is no epoll).
 
     ``clock`` is the time source for timers (seconds, monotonic); tests pass
     a fake one to make timer ordering exact.  The timer methods
@@ -155,8 +223,10 @@ class Loop(Timers):
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         super().__init__()
-        self._selector = selectors.DefaultSelector()
-        self._select = self._selector.select
+        self._selector: Any = _Poller() if hasattr(select, "epoll") else _SelectorPoller()
+        self._poll = self._selector.poll
+        self._polls = 0         # polls so far: a watch registered since the
+                                # last one gets none of its events
         self._clock = clock or time.monotonic
         # A test clock may decide how long the loop really sleeps until a
         # deadline on its own time (trio's Clock.deadline_to_sleep_time), so
@@ -169,7 +239,7 @@ class Loop(Timers):
         # The pass in progress (see _run): its stage, the ready events it
         # has not dispatched yet, and the callbacks from other threads it
         # still owes.
-        self._events: Iterator[tuple[selectors.SelectorKey, int]] | None = None
+        self._events: Iterator[tuple[int, int]] | None = None
         self._threadsafe_due = 0
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
@@ -198,10 +268,10 @@ class Loop(Timers):
         run on the loop it was made with).  ``event`` is ``"readable"`` or
         ``"writable"``.  Raises ValueError for any other event name and for
         a closed channel or socket, TypeError for a handler that is not
-        callable, and OSError if the selector refuses the descriptor (a
+        callable, and OSError if the poller refuses the descriptor (a
         regular file, say); nothing is changed then.  (A descriptor the
         loop already watches is told of changes before the next poll; if
-        the selector has lost it by then, closed behind the loop's back,
+        the poller has lost it by then, closed behind the loop's back,
         its handlers are dropped and the OSError goes to bgerror.)
 
         Remove the handlers of a socket or descriptor before closing it
@@ -211,7 +281,7 @@ class Loop(Timers):
         pass still gets the event that pass reported for it.
         """
         kind = type(ch)
-        if kind is socket.socket:
+        if kind is _SOCKET:
             fd = ch.fileno()
         elif kind is int:
             fd = ch
@@ -279,7 +349,7 @@ class Loop(Timers):
         return None
 
     def _register(self, watch: _Watch) -> None:
-        """Register a new watch with the selector and keep it.
+        """Register a new watch with the poller and keep it.
 
         At once rather than before the next pass, so that a descriptor the
         selector refuses (a regular file) raises OSError from `fileevent`,
@@ -288,16 +358,17 @@ class Loop(Timers):
         mask = watch.wanted()
         self._selector.register(watch.fd, mask, watch)
         watch.mask = mask
+        watch.born = self._polls
         self._watches[watch.fd] = watch
 
     def _change(self, watch: _Watch) -> None:
         """Note that the handlers of a registered watch changed.
 
-        The selector hears of it once, before the next ``select()``, as in
+        The poller hears of it once, before the next poll, as in
         Tcl's notifier and libuv: a handler that swaps its writable handler
         for a readable one costs one ``modify`` rather than an unregister
         and a register, and one that sets and removes costs nothing.  Until
-        then the selector may report an event that no handler wants any
+        then the poller may report an event that no handler wants any
         more, and the pass finds nothing to call.
 
         An integer is the exception: it can be closed and its number reused
@@ -312,8 +383,8 @@ class Loop(Timers):
             self._changed.add(watch)
 
     def _apply_changes(self) -> None:
-        """Tell the selector what the changed watches want now; a watch
-        that wants nothing is dropped.  A descriptor the selector no longer
+        """Tell the poller what the changed watches want now; a watch
+        that wants nothing is dropped.  A descriptor the poller no longer
         knows (closed behind the loop's back, its handlers still set) is
         dropped too, and the OSError reported."""
         changed = self._changed
@@ -339,7 +410,7 @@ class Loop(Timers):
         """Remove both handlers of ``ch`` at once (Tcl's
         ``Tcl_DeleteFileHandler``).
 
-        For a socket or descriptor the selector lets go of it now, rather
+        For a socket or descriptor the poller lets go of it now, rather
         than before the next poll as ``fileevent(ch, event, None)`` has it:
         call this just before closing a socket yourself, and the close
         costs the kernel no epoll bookkeeping.  An object that keeps its
@@ -347,7 +418,7 @@ class Loop(Timers):
         happens if ``ch`` has no handlers.
         """
         kind = type(ch)
-        if kind is socket.socket:
+        if kind is _SOCKET:
             fd = ch.fileno()
         elif kind is int:
             fd = ch
@@ -365,13 +436,14 @@ class Loop(Timers):
         watch = self._watches.pop(fd, None)
         if watch is None:
             return
-        # selectors swallows the OSError of an fd closed behind our back
-        # (and a failed modify already unregistered it).
+        # An fd closed behind our back: the kernel has dropped it from epoll
+        # already (OSError; selectors swallows that, and raises KeyError
+        # for an fd it lost on a failed modify).
         try:
             self._selector.unregister(fd)
-        except (KeyError, ValueError):
+        except (OSError, KeyError, ValueError):
             pass
-        # Dead: an event of this pass that still carries it calls nothing.
+        # Dead: a pass in progress that still holds it calls nothing.
         watch.fd = -1
         watch.reader = watch.writer = None
 
@@ -518,28 +590,39 @@ class Loop(Timers):
                     wait = self._sleep_time(deadline)
                     if timeout is None or wait < timeout:
                         timeout = wait
-            if timeout is not None and timeout > _MAX_SLEEP:
+            if timeout is None:
+                timeout = -1                # the poller's "no timeout"
+            elif timeout > _MAX_SLEEP:
                 timeout = _MAX_SLEEP        # epoll takes an int of ms at most
+            elif timeout < 0:
+                timeout = 0
 
-            # 2. Poll, once the selector knows of the handler changes since
-            # the last poll.  (The epoll selector rounds the timeout up to a
-            # whole millisecond, so a 0.4 ms wait does not become a busy loop.)
+            # 2. Poll, once the poller knows of the handler changes since
+            # the last poll.  (epoll rounds the timeout up to a whole
+            # millisecond, so a 0.4 ms wait does not become a busy loop.)
             if self._changed:
                 self._apply_changes()
-            events = self._events = iter(self._select(timeout))
+            self._polls += 1
+            events = self._events = iter(self._poll(timeout))
 
         if events is not None:
-            # 3. File events, through the watch each event came with; the
-            # handlers of one descriptor are one event.
-            for key, mask in events:
-                watch = key.data
-                if mask & _READ and watch.reader is not None:
+            # 3. File events, to the watch the table has for each ready
+            # descriptor, unless it was registered since the poll (its
+            # number was another's when polled); the handlers of one
+            # descriptor are one event.
+            watches = self._watches
+            polls = self._polls
+            for fd, bits in events:
+                watch = watches.get(fd)
+                if watch is None or watch.born == polls:
+                    continue
+                if bits & _READY_READ and watch.reader is not None:
                     ran += 1
                     try:
                         watch.reader(*watch.reader_args)
                     except Exception as exc:
                         self._handler_failed(watch, _READ, exc)
-                if mask & _WRITE and watch.writer is not None:
+                if bits & _READY_WRITE and watch.writer is not None:
                     ran += 1
                     try:
                         watch.writer(*watch.writer_args)
