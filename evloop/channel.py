@@ -100,6 +100,10 @@ _R, _W = 1, 2
 _QUERY: Any = object()
 _SOL_SOCKET, _SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
 _strerror = os.strerror
+# errno -> os.strerror(errno), filled as met (a few dozen codes at most):
+# strerror decodes the C library's message each time, which costs half as
+# much again as making the OSError, and a scan asks for the same few.
+_MESSAGES: dict[int, str] = {}
 
 
 class LineTooLong(ValueError):
@@ -775,7 +779,10 @@ class Channel:
             return None
         code = self.sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
         if code:
-            return OSError(code, _strerror(code))
+            message = _MESSAGES.get(code)
+            if message is None:
+                message = _MESSAGES[code] = _strerror(code)
+            return OSError(code, message)
         return None
 
     def peername(self) -> tuple[str, int] | str:
