@@ -209,11 +209,11 @@ def classify(error: OSError | None) -> str:
 
 
 # Errors whose errno alone is the answer (no peer name, no banner, no retry).
-_FINAL = {errno.ECONNREFUSED: REFUSED,
+_FINAL: dict[int | None, str] = {errno.ECONNREFUSED: REFUSED,
           **dict.fromkeys(_UNREACHABLE, UNREACHABLE)}
 
 
-def _not_started(ch: Channel, event: str, key: int) -> None:
+def _not_started(ch: Channel, event: str, key: Channel) -> None:
     raise RuntimeError("Scanner not started")
 
 
@@ -342,12 +342,12 @@ class Scanner:
         self._pairs = iter(self.order)
         self._ready: deque[tuple[str, int, str | None]] = deque()
         self._exhausted = False
-        # In start order: descriptor -> (batch, channel, host, port, name).
-        self._flight: dict[int, tuple[int, Channel, str, int, str | None]] = {}
-        # Watches the probes (see "In flight" in the module notes); keys
-        # are descriptors, as in _flight.  Made by start().
+        # In start order: channel -> (batch, host, port, name).
+        self._flight: dict[Channel, tuple[int, str, int, str | None]] = {}
+        # Watches the probes (see "In flight" in the module notes); each
+        # probe's key is its channel, as in _flight.  Made by start().
         self._group: WatchGroup | None = None
-        self._add: Callable[[Channel, str, int], None] = _not_started
+        self._add: Callable[[Channel, str, Channel], None] = _not_started
         self._batch = 0              # the batch connects started now join
         self._sealing: TimerId | None = None   # ends the open batch this pass
         self._expiries: deque[TimerId] = deque()   # one per sealed batch
@@ -409,8 +409,8 @@ class Scanner:
     def _stop(self) -> None:
         loop = self.loop
         loop.after_cancel(self._kick)
-        for probe in self._flight.values():
-            probe[1].close(force=True)
+        for ch in self._flight:
+            ch.close(force=True)
         self._flight.clear()
         for ch, entry in self._banners.items():
             loop.after_cancel(entry[5])
@@ -527,9 +527,8 @@ class Scanner:
             self._due = (self._due if self._due > now else now) + self._interval
         if self._sealing is None:
             self._sealing = loop.after(0, self._seal)
-        fd = ch.fileno()
-        self._flight[fd] = (self._batch, ch, host, port, name)
-        self._add(ch, "writable", fd)
+        self._flight[ch] = (self._batch, host, port, name)
+        self._add(ch, "writable", ch)
         return True
 
     def _no_room(self, host: str, port: int, name: str | None, exc: OSError) -> None:
@@ -578,31 +577,45 @@ class Scanner:
 
     # ------------------------------------------------------- classifying
 
-    def _on_ready(self, ready: list[tuple[int, str]]) -> None:
+    def _on_ready(self, ready: list[tuple[Channel, str]]) -> None:
         """The group's callback: classify every connect that ended, then
-        refill the slots once.  No connect starts while one batch is
-        handled, so a descriptor number that a classified probe gave back
-        cannot be taken by a new probe while the batch still names it."""
+        refill the slots once.  (The keys are channels, not descriptor
+        numbers: a probe classified earlier in the batch, or timed out,
+        is simply no longer in flight.)"""
         pop = self._flight.pop
         classify_one = self._classify
         complete = self._complete
-        final = _FINAL
+        final = _FINAL.get
+        counts = self.counts
+        on_result = self.on_result
         ended = 0
-        for fd, _ in ready:
-            entry = pop(fd, None)
+        for ch, _ in ready:
+            entry = pop(ch, None)
             if entry is None:
                 continue
             ended += 1
-            ch = entry[1]
+            _, host, port, name = entry
             err = ch.error()
-            # The usual case on a subnet (refused, unreachable) inline: the
-            # errno alone decides.
-            if err is not None and err.errno in final:
-                ch.close()          # nothing was written: nothing to drain
-                complete(entry[2], entry[3], final[err.errno], err.strerror or str(err),
-                         entry[4])
+            if err is None or (state := final(err.errno)) is None:
+                classify_one(ch, err, host, port, name)
             else:
-                classify_one(ch, err, entry[2], entry[3], entry[4])
+                # The usual case on a subnet (refused, unreachable): the
+                # errno alone decides.
+                ch.close()          # nothing was written: nothing to drain
+                if self._starved_since is None and self._limit >= self.concurrency:
+                    # _complete with nothing to settle: the counters, then
+                    # the result (no banner for a closed port).
+                    self._busy -= 1
+                    self.done += 1
+                    counts[state] += 1
+                    if on_result is not None:
+                        try:
+                            on_result(_new_tuple(Result, (host, port, state,
+                                                          err.strerror or str(err), name, None)))
+                        except Exception as exc:
+                            self.loop.report(exc)
+                else:
+                    complete(host, port, state, err.strerror or str(err), name)
             if self.finished:
                 return
         self._fill(self._busy + 2 * ended)  # replace them, and grow
@@ -681,12 +694,12 @@ class Scanner:
         """The timeout of ``batch``: its pairs still in flight timed out."""
         self._expiries.popleft()
         expired = []
-        for fd, entry in self._flight.items():      # oldest first
+        for ch, entry in self._flight.items():      # oldest first
             if entry[0] > batch:
                 break
-            expired.append(fd)
-        for fd in expired:
-            _, ch, host, port, name = self._flight.pop(fd)
+            expired.append(ch)
+        for ch in expired:
+            _, host, port, name = self._flight.pop(ch)
             # An ICMP error the kernel keeps as a soft error (IPv6 host
             # unreachable during the SYN) is already in SO_ERROR: it is the
             # better answer.  A connect still in progress reads None.
