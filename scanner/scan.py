@@ -96,9 +96,17 @@ closes whatever is in flight; no ``on_result`` follows it.
 (``run_once``) and yields results as they come, so the first line of a /16
 appears in milliseconds.
 
-The per-target path allocates a Channel, an in-flight entry and a Result
-and makes no closure: the writable handler is a bound method with the
-channel as its argument.
+The per-target path allocates a Channel, an in-flight entry (keyed by the
+channel), the group's entry for it and a Result, and makes no closure; a
+refusal or an unreachable host is counted and reported without a further
+call when there is nothing to settle.  Where the time goes, on a loopback
+/16 (callgrind, user-space instructions per target): about 15k in the
+system calls' Python wrappers that a bare socket+epoll loop pays too, 10k
+in evloop (the Channel, the OSError that ``error()`` returns, the calls),
+5k numbering the pairs (`Order`), 11k in the scanner's bookkeeping and
+the group, 4k handing out results; the bare loop spends about 21k in all.
+The kernel's share (socket, connect, epoll_ctl, close) is the same for
+both and is most of the wall time.
 """
 
 from __future__ import annotations
