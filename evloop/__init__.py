@@ -2,7 +2,8 @@
 
 ``fileevent`` for readable/writable callbacks, ``after`` for timers,
 ``vwait`` to wait, ``open_async`` + ``ch.error()`` to connect without
-blocking, ``server`` to listen.  One loop per thread: the module-level
+blocking, ``server`` to listen, ``WatchGroup`` to watch many short-lived
+sockets through one descriptor of the loop.  One loop per thread: the module-level
 functions act on the calling thread's loop, so a script reads like its Tcl
 original::
 
@@ -29,12 +30,13 @@ from typing import Any
 
 from .channel import Channel, LineTooLong
 from .embed import attach_asyncio, attach_tk
+from .group import WatchGroup
 from .loop import Loop, Var, get_loop, set_loop
 from .sockets import Server, open, open_async, server
 from .timers import TimerId
 
 __all__ = [
-    "Loop", "Var", "TimerId", "Channel", "LineTooLong", "Server",
+    "Loop", "Var", "TimerId", "Channel", "LineTooLong", "Server", "WatchGroup",
     "get_loop", "set_loop", "open_async", "open", "server",
     "fileevent", "after", "after_idle", "after_cancel", "after_info",
     "vwait", "update", "bgerror", "call_soon_threadsafe", "run", "stop",

@@ -98,6 +98,12 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _R, _W = 1, 2
 # fileevent's handler argument when none is given: a query.
 _QUERY: Any = object()
+_SOL_SOCKET, _SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
+_strerror = os.strerror
+# errno -> os.strerror(errno), filled as met (a few dozen codes at most):
+# strerror decodes the C library's message each time, which costs half as
+# much again as making the OSError, and a scan asks for the same few.
+_MESSAGES: dict[int, str] = {}
 
 
 class LineTooLong(ValueError):
@@ -688,6 +694,19 @@ class Channel:
         """
         if self._fd < 0 or (self._closed and not force):
             return
+        if not (self._watching or self._outbuf or self._write_error is not None
+                or self._timer is not None):
+            # Nothing watched, queued or owed (a connect probe's end, and
+            # most closes): let go of the handlers and the socket, no more.
+            self._closed = True
+            self._reader = self._writer = None
+            self._reader_args = self._writer_args = ()
+            self._fd = -1
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            return
         self._closed = True
         exc, self._write_error = self._write_error, None
         if force or exc is not None:
@@ -758,9 +777,12 @@ class Channel:
             return exc
         if self._fd < 0:
             return None
-        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        code = self.sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
         if code:
-            return OSError(code, os.strerror(code))
+            message = _MESSAGES.get(code)
+            if message is None:
+                message = _MESSAGES[code] = _strerror(code)
+            return OSError(code, message)
         return None
 
     def peername(self) -> tuple[str, int] | str:

@@ -37,8 +37,17 @@ from .loop import Loop, get_loop
 __all__ = ["open_async", "open", "server", "Server"]
 
 # connect() errors that mean "could not try now", raised rather than kept.
-_NO_RESOURCES = {errno.EADDRNOTAVAIL, errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM,
-                 errno.EMFILE, errno.ENFILE}
+_NO_RESOURCES = frozenset({errno.EADDRNOTAVAIL, errno.EAGAIN, errno.ENOBUFS,
+                           errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+# connect() results of a connect that is under way (or done: loopback).
+_STARTED = frozenset({0, errno.EINPROGRESS})
+# Linux makes a socket non-blocking as it creates it (SOCK_NONBLOCK): one
+# system call fewer per connect than setblocking(False) after socket().
+# Python then knows it is non-blocking (timeout 0.0) without asking.
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM_NONBLOCK = socket.SOCK_STREAM | _NONBLOCK
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_inet_pton = socket.inet_pton
 # accept() errors of a full descriptor table or memory: pause, then retry.
 _ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_PAUSE_MS = 100
@@ -89,19 +98,35 @@ def open_async(host: str, port: int, loop: Loop | None = None) -> Channel:
     the first address is tried.  Raises OSError only if no socket could be
     made or the kernel had no resources for the connect.
     """
-    family, kind, proto, _, addr = _resolve(host, port, socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
+    # A plain IPv4 or IPv6 address and a port number (a scan's every
+    # connect) go straight to socket() and connect(): no address list is
+    # built for them.  Anything else goes through _resolve.
+    addr: Any
+    if type(port) is int and 0 <= port <= 65535 and type(host) is str:
+        try:
+            _inet_pton(_AF_INET, host)
+            family, addr = _AF_INET, (host, port)
+        except OSError:
+            try:
+                _inet_pton(_AF_INET6, host)
+                family, addr = _AF_INET6, (host, port, 0, 0)
+            except OSError:
+                family, _, _, _, addr = _resolve(host, port, socket.SOCK_STREAM)[0]
+    else:
+        family, _, _, _, addr = _resolve(host, port, socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, _STREAM_NONBLOCK)
     try:
-        sock.setblocking(False)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         code = sock.connect_ex(addr)
     except BaseException:
         sock.close()
         raise
+    if code in _STARTED:
+        return Channel(sock, loop)
     if code in _NO_RESOURCES:
         sock.close()
         raise OSError(code, os.strerror(code))
-    if code in (0, errno.EINPROGRESS):
-        return Channel(sock, loop)
     # Failed at once: the channel keeps the error for error().
     return Channel(sock, loop, error=OSError(code, os.strerror(code)))
 

@@ -895,3 +895,32 @@ def test_fileno_is_the_sockets_until_closed(loop, chpair):
     ch.close()
     assert ch.fileno() == -1
     assert "closed" in repr(ch)
+
+
+def test_close_of_a_channel_with_nothing_watched_or_queued_ends_it_all(loop, chpair):
+    # The short path of close (a connect probe's end): same outcome as the
+    # long one -- the peer sees end of file, every request raises, the
+    # handlers are gone, closing again is a no-op.
+    ch, peer = chpair
+    assert ch.pending("output") == 0 and ch.fileevent("readable") is None
+    ch.close()
+    assert ch.closed() and ch.fileno() == -1 and ch.sock.fileno() == -1
+    assert peer.recv(10) == b""
+    assert ch.fileevent("writable") is None
+    with pytest.raises(ValueError):
+        ch.puts("x")
+    with pytest.raises(ValueError):
+        loop.fileevent(ch, "readable", print)
+    ch.close()
+    ch.close(force=True)
+    assert ch.error() is None
+
+
+def test_close_of_a_watched_channel_lets_the_loop_go_of_its_socket(loop, chpair):
+    ch, peer = chpair
+    loop.fileevent(ch, "readable", print)
+    fd = ch.fileno()
+    ch.close()
+    assert loop.fileevent(fd, "readable") is None
+    loop.run_once(0)                # nothing to call: no error either
+    assert peer.recv(10) == b""

@@ -9,6 +9,7 @@ made tiny to run out of local ports for real.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.util
 import itertools
 import json
@@ -432,12 +433,13 @@ def test_testnet_shards_with_randomize_match_the_truth(tnet, testnet_module):
 @pytest.mark.parametrize("own_epoll", [True, False])
 def test_probes_watched_by_their_own_epoll_or_per_channel_give_the_same_answers(
         ports, jump_loop, monkeypatch, own_epoll):
-    # Linux: the probes share one epoll the loop watches (see scanner.scan);
-    # elsewhere, or without a descriptor for it, each channel has its own
-    # writable fileevent.  Both must classify alike.
+    # Linux: the probes share one epoll the loop watches (evloop.WatchGroup);
+    # elsewhere, or without a descriptor for it, the group gives each
+    # channel a writable fileevent of its own.  Both must classify alike.
     scan_mod = sys.modules["scanner.scan"]
     if not own_epoll:
-        monkeypatch.setattr(scan_mod, "_EPOLLOUT", 0)
+        monkeypatch.setattr(scan_mod, "WatchGroup",
+                            functools.partial(evloop.WatchGroup, nested=False))
     [listener] = ports.listen()
     closed = ports.closed(20)
     silent = ports.silent()
