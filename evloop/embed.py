@@ -37,14 +37,14 @@ handler or Tk's ``report_callback_exception``.
 
 Work added from the host's side
 -------------------------------
-The host timer is re-armed after each service.  A timer, idle callback or
-handler change that *host* code adds to evloop (an asyncio task calling
-``loop.after``, a Tk button starting a request) is not seen until the next
-service: the loop has no way to tell the attachment.  Start evloop work from
-host code with `AsyncioAttachment.call` (which services the loop as soon as
-the calling task yields), call ``handle.wakeup()`` after touching evloop, or
-use ``loop.call_soon_threadsafe(fn)``, which wakes the backend descriptor.
-Work started from evloop callbacks needs none of this.
+The host timer is re-armed after each service, from what evloop has then.
+A timer, idle callback or handler change that *host* code adds to evloop
+between services (an asyncio task calling ``loop.after``, a Tk button
+starting a request) would not be seen until some other event woke the
+loop, so the attachment asks the loop to tell it (`Loop.on_new_work`) and
+then services it "soon", once, however many such calls came.  Work added
+by evloop's own callbacks, during a service, needs no such call: the
+service re-arms the host timer when its passes are done.
 
 vwait while attached
 --------------------
@@ -97,7 +97,9 @@ class Attachment:
         self.loop = loop
         self._attached = True
         self._soon_pending = False
+        self._servicing = False
         self._guarded = False
+        loop.on_new_work(self._new_work)
 
     @property
     def attached(self) -> bool:
@@ -119,6 +121,7 @@ class Attachment:
         if self._guarded:
             self._guarded = False
             del self.loop.vwait          # the class's vwait is back
+        self.loop.on_new_work(None)
         self._unhook()
 
     def wakeup(self) -> None:
@@ -132,6 +135,12 @@ class Attachment:
                 self._soon_pending = False
                 self.detach()             # the host is gone
 
+    def _new_work(self) -> None:
+        """Host code added evloop work between services: service it soon.
+        (During a service the re-arm at its end sees the work anyway.)"""
+        if not self._servicing:
+            self.wakeup()
+
     # ---------------------------------------------------------- the service
 
     def _service(self) -> None:
@@ -140,6 +149,7 @@ class Attachment:
         if not self._attached:
             return
         run_once = self.loop.run_once
+        self._servicing = True           # work added now is seen below
         try:
             for _ in range(MAX_PASSES):
                 if not run_once(0):
@@ -158,6 +168,8 @@ class Attachment:
             self.detach()
             self.loop.report(exc)
             return
+        finally:
+            self._servicing = False
         try:
             if timeout is None:
                 self._host_cancel_timer()

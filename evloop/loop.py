@@ -326,6 +326,8 @@ class Loop(Timers):
             self._forget(fd)                    # see _change
         else:
             self._changed.add(watch)
+            if self._new_work is not None:
+                self._new_work()
         return None
 
     def _watch_of(self, ch: Any, fd: int) -> _Watch | None:
@@ -381,6 +383,8 @@ class Loop(Timers):
             self._forget(watch.fd)
         else:
             self._changed.add(watch)
+            if self._new_work is not None:
+                self._new_work()
 
     def _apply_changes(self) -> None:
         """Tell the poller what the changed watches want now; a watch
@@ -553,6 +557,23 @@ class Loop(Timers):
 
     def _real_sleep_time(self, deadline: float) -> float:
         return max(0.0, deadline - self._clock())
+
+    def on_new_work(self, callback: Callable[[], Any] | None) -> Callable[[], Any] | None:
+        """Have ``callback()`` called whenever a timer or an idle callback is
+        added, or a handler change waits for the next poll; None removes it.
+        Returns the previous one.
+
+        For a host loop that runs this one (see `evloop.embed`): work added
+        by the host's own code, between two passes, may move
+        `backend_timeout` earlier or need a poll before `backend_fd` can
+        show it, so the host must service the loop again.  The callback runs
+        inside ``after``/``fileevent``: it should only note that a service
+        is due.
+        """
+        if callback is not None and not callable(callback):
+            raise TypeError(f"on_new_work needs a callable or None, not {callback!r}")
+        previous, self._new_work = self._new_work, callback
+        return previous
 
     # ------------------------------------------------------------ the pass
 

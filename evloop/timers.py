@@ -110,6 +110,8 @@ class Timers:
         self._buckets: dict[int, deque[list]] = {} # tick -> its entries, dead ones too
         self._idle: deque[list] = deque()          # idle entries, dead ones too
         self._cancels = 0                          # cancels since the last sweep
+        # Called when work is added (see Loop.on_new_work); None: nobody asks.
+        self._new_work: Callable[[], Any] | None = None
 
     def after(self, ms: float, callback: Callable[..., Any], *args: Any) -> TimerId:
         """Run ``callback(*args)`` once, ``ms`` milliseconds from now (at
@@ -118,6 +120,8 @@ class Timers:
         ValueError if ``ms`` is infinite or NaN."""
         if not callable(callback):
             raise TypeError(f"after needs a callable, not {callback!r}")
+        if self._new_work is not None:
+            self._new_work()
         if ms > 0:
             if ms == _INF:
                 raise ValueError("after needs a finite delay, not inf")
@@ -152,6 +156,8 @@ class Timers:
         returns its TimerId.  Raises TypeError if it is not callable."""
         if not callable(callback):
             raise TypeError(f"after_idle needs a callable, not {callback!r}")
+        if self._new_work is not None:
+            self._new_work()
         number = next(_numbers)
         entry = self._pending[number] = [None, number, callback, args]
         self._idle.append(entry)

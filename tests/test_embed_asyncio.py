@@ -107,6 +107,49 @@ def test_evloop_timer_fires_on_time_while_an_asyncio_task_runs(loop):
     assert ticks > 5                       # the task ran meanwhile
 
 
+def test_evloop_work_added_by_a_task_with_plain_calls_runs_on_time(loop):
+    # No call(), no wakeup(): the task uses evloop as any code would.  The
+    # attachment hears of it through loop.on_new_work and services the loop.
+    async def main():
+        handle = evloop.attach_asyncio()
+        await asyncio.sleep(0)              # the first service: nothing pending
+        fired = asyncio.get_running_loop().create_future()
+        idled = asyncio.get_running_loop().create_future()
+        start = loop.time()
+        loop.after(50, lambda: fired.set_result(loop.time() - start))
+        loop.after_idle(lambda: idled.set_result(True))
+        delay = await asyncio.wait_for(fired, 2)
+        assert await asyncio.wait_for(idled, 2)
+        handle.detach()
+        return delay
+
+    delay = asyncio.run(main())
+    assert 0.050 <= delay < 0.050 + 0.040
+
+
+def test_on_new_work_is_told_of_timers_idle_callbacks_and_handler_changes(loop):
+    calls = []
+    assert loop.on_new_work(lambda: calls.append(1)) is None
+    loop.after(10, lambda: None)
+    loop.after_idle(lambda: None)
+    a, b = socket.socketpair()
+    try:
+        loop.fileevent(a, "readable", lambda: None)     # registered at once
+        loop.update()
+        before = len(calls)
+        loop.fileevent(a, "writable", lambda: None)     # waits for the next poll
+        assert len(calls) == before + 1 and before >= 2
+        loop.fileevent(a, "readable", None)
+        loop.fileevent(a, "writable", None)
+    finally:
+        loop.forget(a)
+        a.close()
+        b.close()
+    assert loop.on_new_work(None) is not None
+    with pytest.raises(TypeError):
+        loop.on_new_work(42)
+
+
 def test_evloop_timer_made_in_an_evloop_callback_fires_on_time(loop):
     async def main():
         handle = evloop.attach_asyncio()
