@@ -67,7 +67,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .loop import Loop, Var, get_loop
+from .loop import Loop, get_loop
 
 if TYPE_CHECKING:
     # Imported when used: a program that never embeds does not pay for
@@ -120,7 +120,7 @@ class Attachment:
             del _attached[self.loop]
         if self._guarded:
             self._guarded = False
-            del self.loop.vwait          # the class's vwait is back
+            self.loop.on_vwait(None)
         self.loop.on_new_work(None)
         self._unhook()
 
@@ -183,24 +183,16 @@ class Attachment:
 
     def _guard_vwait(self) -> None:
         """Make ``loop.vwait`` refuse while attached (see the module notes)."""
-        loop = self.loop
-        plain_vwait = type(loop).vwait
         host = self._host_name
 
-        def vwait(var: Var) -> Any:
-            if self.attached:
+        def refuse() -> None:
+            if self.attached:            # (a host found gone detaches here)
                 raise RuntimeError(
                     f"vwait() on an evloop loop attached to {host} would hold {host} up "
                     f"(and never return if {host} code is to set the variable): "
                     "await a future or use the host's own wait, or detach() first")
-            return plain_vwait(loop, var)
 
-        # An attribute of this one loop object, shadowing the class's method
-        # until detach().  (The loop has no public hook for this yet.)
-        try:
-            loop.vwait = vwait  # type: ignore[method-assign]
-        except AttributeError:           # a Loop without __dict__: no guard
-            return
+        self.loop.on_vwait(refuse)
         self._guarded = True
 
     def __repr__(self) -> str:

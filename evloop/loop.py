@@ -241,6 +241,7 @@ class Loop(Timers):
         # still owes.
         self._events: Iterator[tuple[int, int]] | None = None
         self._threadsafe_due = 0
+        self._vwait_hook: Callable[[], Any] | None = None   # see on_vwait
         self._bgerror: Callable[[BaseException], Any] = _default_bgerror
         self._stopping = False
         self._closed = False
@@ -575,6 +576,20 @@ class Loop(Timers):
         previous, self._new_work = self._new_work, callback
         return previous
 
+    def on_vwait(self, callback: Callable[[], Any] | None) -> Callable[[], Any] | None:
+        """Have ``callback()`` called at the start of every `vwait`; an
+        exception it raises comes out of ``vwait`` before anything runs.
+        None removes it; returns the previous one.
+
+        For a host loop that runs this one (see `evloop.embed`): a vwait
+        would run evloop's passes only and hold the host up, so the
+        attachment refuses it while it lasts.
+        """
+        if callback is not None and not callable(callback):
+            raise TypeError(f"on_vwait needs a callable or None, not {callback!r}")
+        previous, self._vwait_hook = self._vwait_hook, callback
+        return previous
+
     # ------------------------------------------------------------ the pass
 
     def run_once(self, timeout: float | None = None) -> int:
@@ -718,7 +733,10 @@ class Loop(Timers):
         as Tcl's ``Tcl_DoOneEvent`` does (see the module notes): what else
         was ready in that pass runs later, so ``vwait(reply)`` followed by
         ``after_cancel(timeout)`` works even when the timeout fell due
-        while the reply was read."""
+        while the reply was read.  Raises what the `on_vwait` hook raises
+        (an embedding refuses a vwait that would hold its host up)."""
+        if self._vwait_hook is not None:
+            self._vwait_hook()
         version = var._version
         run = self._run
         while var._version == version:

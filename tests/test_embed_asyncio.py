@@ -401,3 +401,22 @@ def test_an_asyncio_service_awaits_the_port_managers_non_blocking_client(loop, p
     assert portmgr.low <= port <= portmgr.high
     assert [(r.port, r.application) for r in rows] == [(port, "aio service")]
     assert after == []
+
+
+def test_on_vwait_hook_refuses_before_anything_runs_and_can_be_removed(loop):
+    ran = []
+    loop.after(0, ran.append, "timer")
+
+    def refuse():
+        raise RuntimeError("not now")
+
+    assert loop.on_vwait(refuse) is None
+    with pytest.raises(RuntimeError, match="not now"):
+        loop.vwait(evloop.Var())
+    assert ran == []                           # nothing ran: refused first
+    assert loop.on_vwait(None) is refuse
+    var = evloop.Var()
+    loop.after(0, var.set, "done")
+    assert loop.vwait(var) == "done" and ran == ["timer"]
+    with pytest.raises(TypeError):
+        loop.on_vwait("no")
