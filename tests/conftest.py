@@ -128,6 +128,21 @@ def wait_for(loop: evloop.Loop, predicate, timeout: float = 5.0) -> None:
         loop.run_once(0.1)
 
 
+def open_sockets() -> set[str]:
+    """The sockets this process has open, as their ``socket:[inode]``
+    names.  Compare sets, not counts: a socket of an earlier test that
+    the garbage collector closes meanwhile changes the count."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:           # the one listdir itself used
+            continue
+        if link.startswith("socket:"):
+            found.add(link)
+    return found
+
+
 def eventually(predicate, timeout: float = 5.0) -> None:
     """Poll ``predicate`` until it holds, for what another process does on
     its own schedule (a server noticing a closed connection); fail after
