@@ -265,6 +265,15 @@ def ports():
 
 
 @pytest.fixture
+def listener():
+    """A plain listening socket on 127.0.0.1: (sock, port)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(5)
+    yield sock, sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.fixture
 def refusing_port():
     """A port on 127.0.0.1 that surely refuses: bound by us, never listening."""
     sock = socket.socket()

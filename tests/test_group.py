@@ -34,14 +34,6 @@ def group(request, loop):
     g.close()
 
 
-@pytest.fixture
-def listener():
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.settimeout(5)
-    yield sock, sock.getsockname()[1]
-    sock.close()
-
-
 def _keys(batches) -> list:
     return [key for batch in batches for key, _ in batch]
 

@@ -36,15 +36,6 @@ def _has_ipv6_loopback() -> bool:
 needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
 
 
-@pytest.fixture
-def listener():
-    """A plain listening socket on 127.0.0.1: (sock, port)."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.settimeout(5)
-    yield sock, sock.getsockname()[1]
-    sock.close()
-
-
 def _writable(loop, ch, timeout=5.0):
     """Run the loop until ``ch``'s writable handler fires; remove it after."""
     fired = evloop.Var()
