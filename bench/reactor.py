@@ -472,14 +472,14 @@ def cancel_minimal(delays_ms: list[int]) -> tuple[float, int]:
 # Workload: ping-pong over a socketpair, optionally with idle descriptors.
 # ---------------------------------------------------------------------------
 
-def pingpong_evloop(n: int, idle: int) -> tuple[float, int]:
-    loop = _new_evloop()
+def _pingpong_pair(n: int, stop):
+    """A non-blocking socketpair (a, b) and its two readable handlers: b
+    echoes each byte, a counts the round trips and sends the next, or
+    calls ``stop()`` after the ``n``th.  One copy serves every loop, so all
+    of them run the same handler code."""
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
-    idle_socks = _socketpairs(idle // 2)
-    for s in idle_socks:
-        loop.fileevent(s, "readable", _noop)
     a_recv, a_send, b_recv, b_send = a.recv, a.send, b.recv, b.send
     count = 0
 
@@ -488,7 +488,7 @@ def pingpong_evloop(n: int, idle: int) -> tuple[float, int]:
         a_recv(1)
         count += 1
         if count == n:
-            loop.stop()
+            stop()
         else:
             a_send(b"x")
 
@@ -496,10 +496,19 @@ def pingpong_evloop(n: int, idle: int) -> tuple[float, int]:
         b_recv(1)
         b_send(b"x")
 
+    return a, b, on_a, on_b
+
+
+def pingpong_evloop(n: int, idle: int) -> tuple[float, int]:
+    loop = _new_evloop()
+    a, b, on_a, on_b = _pingpong_pair(n, loop.stop)
+    idle_socks = _socketpairs(idle // 2)
+    for s in idle_socks:
+        loop.fileevent(s, "readable", _noop)
     loop.fileevent(a, "readable", on_a)
     loop.fileevent(b, "readable", on_b)
     t0 = _timer()
-    a_send(b"x")
+    a.send(b"x")
     _run(loop)
     t = _timer() - t0
     for s in (a, b, *idle_socks):
@@ -511,32 +520,14 @@ def pingpong_evloop(n: int, idle: int) -> tuple[float, int]:
 
 def pingpong_callback_style(loop, n: int, idle: int) -> tuple[float, int]:
     """asyncio and the minimal loop: add_reader on raw descriptors."""
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b, on_a, on_b = _pingpong_pair(n, loop.stop)
     idle_socks = _socketpairs(idle // 2)
     for s in idle_socks:
         loop.add_reader(s.fileno(), _noop)
-    a_recv, a_send, b_recv, b_send = a.recv, a.send, b.recv, b.send
-    count = 0
-
-    def on_a():
-        nonlocal count
-        a_recv(1)
-        count += 1
-        if count == n:
-            loop.stop()
-        else:
-            a_send(b"x")
-
-    def on_b():
-        b_recv(1)
-        b_send(b"x")
-
     loop.add_reader(a.fileno(), on_a)
     loop.add_reader(b.fileno(), on_b)
     t0 = _timer()
-    a_send(b"x")
+    a.send(b"x")
     _run(loop)
     t = _timer() - t0
     for s in (a, b, *idle_socks):
@@ -551,25 +542,7 @@ def pingpong_attached(n: int, mixed: bool = False) -> tuple[float, int]:
     aio = _new_asyncio_loop()
     loop = _new_evloop()
     loop.bgerror(lambda exc: (loop._bench_errors.append(exc), aio.stop()))
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    a_recv, a_send, b_recv, b_send = a.recv, a.send, b.recv, b.send
-    count = 0
-
-    def on_a():
-        nonlocal count
-        a_recv(1)
-        count += 1
-        if count == n:
-            aio.stop()
-        else:
-            a_send(b"x")
-
-    def on_b():
-        b_recv(1)
-        b_send(b"x")
-
+    a, b, on_a, on_b = _pingpong_pair(n, aio.stop)
     loop.fileevent(a, "readable", on_a)
     if mixed:
         aio.add_reader(b.fileno(), on_b)
@@ -577,7 +550,7 @@ def pingpong_attached(n: int, mixed: bool = False) -> tuple[float, int]:
         loop.fileevent(b, "readable", on_b)
     handle = evloop.attach_asyncio(aio, loop=loop)
     t0 = _timer()
-    a_send(b"x")
+    a.send(b"x")
     aio.run_forever()
     t = _timer() - t0
     handle.detach()
